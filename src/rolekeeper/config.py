@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal
+
+
+def _csv(name: str) -> frozenset[str]:
+    return frozenset(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    registry_table_name: str
+    allowed_service_names: frozenset[str]
+    allowed_managed_policy_arns: frozenset[str]
+    heal_mode: Literal["heal", "report"]
+    notification_topic_arn: str | None
+    heal_rate_limit: int
+
+
+@cache
+def settings() -> Settings:
+    """Read once per cold start (template.yaml sets these)."""
+    mode = os.environ.get("HEAL_MODE", "heal").strip().lower()
+    return Settings(
+        registry_table_name=os.environ.get("REGISTRY_TABLE_NAME", "rolekeeper-registry"),
+        allowed_service_names=_csv("ALLOWED_SERVICE_NAMES"),
+        allowed_managed_policy_arns=_csv("ALLOWED_MANAGED_POLICY_ARNS"),
+        heal_mode="report" if mode == "report" else "heal",
+        notification_topic_arn=os.environ.get("NOTIFICATION_TOPIC_ARN") or None,
+        heal_rate_limit=int(os.environ.get("HEAL_RATE_LIMIT", "5")),
+    )

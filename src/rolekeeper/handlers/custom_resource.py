@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from rolekeeper import aws
+from rolekeeper.cfn import CustomResource
+from rolekeeper.config import settings
+from rolekeeper.errors import RolekeeperError
+from rolekeeper.observability import logger, metrics
+from rolekeeper.provisioner import Provisioner, Request
+from rolekeeper.registry import Registry
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+helper = CustomResource()
+
+
+@cache
+def provisioner() -> Provisioner:
+    config = settings()
+    return Provisioner(config, Registry(config.registry_table_name))
+
+
+def _request(event: dict[str, Any]) -> Request:
+    return Request(
+        request_type=event["RequestType"],
+        resource_type=event["ResourceType"],
+        stack_id=event["StackId"],
+        logical_id=event["LogicalResourceId"],
+        properties=event.get("ResourceProperties") or {},
+        old_properties=event.get("OldResourceProperties"),
+        physical_id=event.get("PhysicalResourceId"),
+    )
+
+
+def _run(action: str, event: dict[str, Any]) -> str:
+    """Every failure becomes a RolekeeperError whose message is a short, useful Reason."""
+    request = _request(event)
+    try:
+        if action == "delete":
+            response = provisioner().delete(request)
+        else:
+            response = provisioner().converge(request)
+    except RolekeeperError as error:
+        logger.warning("request refused", reason=str(error))
+        metrics.add_metric(name="RequestFailed", unit="Count", value=1)
+        raise
+    except ClientError as error:
+        operation = getattr(error, "operation_name", "AWS call")
+        logger.exception("AWS call failed", operation=operation)
+        metrics.add_metric(name="RequestFailed", unit="Count", value=1)
+        raise RolekeeperError(f"{operation} failed: {aws.error_code(error)}: {aws.error_message(error)}") from None
+    except BotoCoreError as error:
+        logger.exception("AWS call failed")
+        metrics.add_metric(name="RequestFailed", unit="Count", value=1)
+        raise RolekeeperError(f"AWS call failed: {error}") from None
+    except Exception as error:
+        logger.exception("request failed")
+        metrics.add_metric(name="RequestFailed", unit="Count", value=1)
+        raise RolekeeperError(f"rolekeeper could not complete the request ({type(error).__name__}: {error})") from None
+    if helper.responded:
+        # The deadline answer (FAILED) already went out: CloudFormation will not own what was
+        # just converged, so do not leave a claim that nothing will release.
+        provisioner().abandon(request, response)
+    metrics.add_metric(name="RequestSucceeded", unit="Count", value=1)
+    helper.Data.update(response.data)
+    return response.physical_id
+
+
+@helper.create
+@helper.update
+def converge(event: dict[str, Any], _context: Any) -> str:
+    return _run("converge", event)
+
+
+@helper.delete
+def delete(event: dict[str, Any], _context: Any) -> str:
+    return _run("delete", event)
+
+
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | None:
+    if isinstance(event, dict):
+        logger.set_correlation_id(event.get("RequestId"))
+        logger.append_keys(
+            request_type=event.get("RequestType"),
+            resource_type=event.get("ResourceType"),
+            logical_resource_id=event.get("LogicalResourceId"),
+            stack_id=event.get("StackId"),
+        )
+    helper(event, context)
+    return helper.last_response

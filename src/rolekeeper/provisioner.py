@@ -1,0 +1,310 @@
+"""What each custom resource request does: validate, converge, record the claim, answer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from rolekeeper import iam, kms
+from rolekeeper.catalog import BLUEPRINTS, LINKED_SERVICES, SPOT_FLEET_ROLE_NAME, Scope
+from rolekeeper.config import Settings
+from rolekeeper.errors import InvalidRequest
+from rolekeeper.models import (
+    ServiceLinkedRoleProperties,
+    ServiceRoleProperties,
+    SpotFleetKmsGrantProperties,
+    parse,
+)
+from rolekeeper.reconcile import (
+    GrantSpec,
+    LinkedRoleSpec,
+    RoleOutcome,
+    RoleSpec,
+    converge_grant,
+    converge_linked_role,
+    converge_role,
+)
+from rolekeeper.registry import Claim, Registry, grant_key, role_key
+
+logger = Logger(child=True)
+
+ROLE_ARN = re.compile(r"^arn:(aws[a-z-]*):iam::(\d{12}):role(/(?:[\x21-\x7E]*/)?)([A-Za-z0-9_+=,.@-]{1,64})$")
+GRANT_PHYSICAL_ID = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+#[A-Za-z0-9]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Request:
+    request_type: str
+    resource_type: str
+    stack_id: str
+    logical_id: str
+    properties: dict[str, Any]
+    old_properties: dict[str, Any] | None = None
+    physical_id: str | None = None
+
+    @property
+    def scope(self) -> Scope:
+        return Scope.from_arn(self.stack_id)
+
+
+@dataclass
+class Response:
+    physical_id: str
+    data: dict[str, str] = field(default_factory=dict)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _role_data(outcome: RoleOutcome, created: bool) -> dict[str, str]:
+    data = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id, "Created": _flag(created)}
+    if outcome.instance_profile_name and outcome.instance_profile_arn:
+        data["InstanceProfileName"] = outcome.instance_profile_name
+        data["InstanceProfileArn"] = outcome.instance_profile_arn
+    return data
+
+
+class Provisioner:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+
+    # --- Create / Update -----------------------------------------------------------------------
+
+    def converge(self, request: Request) -> Response:
+        props = parse(request.resource_type, request.properties)
+        if isinstance(props, ServiceLinkedRoleProperties):
+            return self._linked_role(request, props)
+        if isinstance(props, ServiceRoleProperties):
+            return self._service_role(request, props)
+        return self._grant(request, props)
+
+    def linked_role_spec(self, props: ServiceLinkedRoleProperties) -> LinkedRoleSpec:
+        allowed = self.settings.allowed_service_names
+        if props.aws_service_name not in allowed:
+            raise InvalidRequest(
+                f"AWSServiceName {props.aws_service_name} is not allowed by this stack; "
+                f"AllowedServiceNames: {', '.join(sorted(allowed)) or '(none)'}"
+            )
+        if props.custom_suffix and not LINKED_SERVICES[props.aws_service_name].accepts_suffix:
+            raise InvalidRequest(f"CustomSuffix is not accepted by {props.aws_service_name}; remove it")
+        return LinkedRoleSpec(props.aws_service_name, props.custom_suffix, props.description)
+
+    def _linked_role(self, request: Request, props: ServiceLinkedRoleProperties) -> Response:
+        spec = self.linked_role_spec(props)
+        outcome = converge_linked_role(spec)
+        claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete)
+        created = self._record(
+            role_key(outcome.name), "slr", spec.to_dict(), outcome, claim, rollback=lambda: iam.delete_service_linked_role(outcome.name)
+        )
+        logger.info("service-linked role converged", role_name=outcome.name, changes=outcome.changes)
+        return Response(outcome.arn, _role_data(outcome, created))
+
+    def role_spec(self, props: ServiceRoleProperties, scope: Scope) -> RoleSpec:
+        blueprint = BLUEPRINTS[props.blueprint]
+        name = props.role_name or blueprint.default_role_name
+        if name is None:
+            raise InvalidRequest(f"RoleName is required for Blueprint {blueprint.name}")
+        if props.managed_policy_arns and not blueprint.takes_managed_policy_arns:
+            raise InvalidRequest(f"ManagedPolicyArns is only for Blueprint ec2-application, not {blueprint.name}")
+        allowed = self.settings.allowed_managed_policy_arns
+        for arn in props.managed_policy_arns:
+            if arn not in allowed:
+                raise InvalidRequest(
+                    f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns "
+                    f"({', '.join(sorted(allowed)) or 'empty'})"
+                )
+        for arn in (*props.managed_policy_arns, props.permissions_boundary):
+            if arn and arn.split(":")[1] != scope.partition:
+                raise InvalidRequest(f"{arn} is not in this partition ({scope.partition})")
+        if props.confused_deputy_protection is not None and not blueprint.confused_deputy:
+            raise InvalidRequest(f"ConfusedDeputyProtection is only for Blueprint spot-fleet-tagging, not {blueprint.name}")
+        instance_profile = blueprint.instance_profile if props.instance_profile is None else props.instance_profile
+        if instance_profile and blueprint.principal != "ec2.amazonaws.com":
+            raise InvalidRequest(f"InstanceProfile is only for roles EC2 assumes, not Blueprint {blueprint.name}")
+        protection = True if props.confused_deputy_protection is None else props.confused_deputy_protection
+        return RoleSpec(
+            blueprint=blueprint.name,
+            name=name,
+            path=props.path,
+            trust_statement=blueprint.trust_statement(scope, protection),
+            principals=tuple(sorted(blueprint.principals(scope.partition))),
+            policy_arns=(*blueprint.policy_arns(scope), *props.managed_policy_arns),
+            owned_policy_arns=props.managed_policy_arns,
+            boundary=props.permissions_boundary,
+            tags={t.key: t.value for t in props.tags},
+            instance_profile=instance_profile,
+        )
+
+    def _previous_role_spec(self, request: Request, spec: RoleSpec) -> RoleSpec | None:
+        if request.request_type != "Update" or not request.old_properties:
+            return None
+        try:
+            old = parse(request.resource_type, request.old_properties)
+            assert isinstance(old, ServiceRoleProperties)  # noqa: S101 - same resource type
+            previous = self.role_spec(old, request.scope)
+        except (InvalidRequest, AssertionError):
+            return None
+        return previous if previous.name.lower() == spec.name.lower() else None
+
+    def _service_role(self, request: Request, props: ServiceRoleProperties) -> Response:
+        spec = self.role_spec(props, request.scope)
+        outcome = converge_role(spec, self._previous_role_spec(request, spec))
+        claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete)
+        created = self._record(
+            role_key(spec.name),
+            "role",
+            spec.to_dict(),
+            outcome,
+            claim,
+            rollback=lambda: iam.delete_role(spec.name, spec.name if spec.instance_profile else None),
+        )
+        logger.info("service role converged", role_name=spec.name, changes=outcome.changes)
+        return Response(outcome.arn, _role_data(outcome, created))
+
+    def _record(
+        self, key: str, kind: str, desired: dict[str, Any], outcome: RoleOutcome, claim: Claim, rollback: Any
+    ) -> bool:
+        try:
+            created = self.registry.record(
+                key,
+                kind,
+                desired,
+                created_now=outcome.created,
+                attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
+            )
+            self.registry.claim(key, claim)
+        except Exception:
+            if outcome.created:
+                logger.warning("registry write failed; removing the role this request created", role_name=outcome.name)
+                rollback()
+            raise
+        return created
+
+    def grant_spec(self, request: Request, props: SpotFleetKmsGrantProperties) -> tuple[GrantSpec, dict[str, Any]]:
+        scope = request.scope
+        key = kms.describe_key(props.key_id)
+        if key.get("KeyManager") != "CUSTOMER":
+            raise InvalidRequest(f"KeyId {props.key_id} is an AWS managed key; grants need a customer managed key")
+        if key.get("KeyState") in ("PendingDeletion", "PendingReplicaDeletion", "Unavailable"):
+            raise InvalidRequest(f"KeyId {props.key_id} is {key['KeyState']}")
+        grantee = iam.get_role(SPOT_FLEET_ROLE_NAME)
+        if grantee is None:
+            raise InvalidRequest(
+                f"{SPOT_FLEET_ROLE_NAME} does not exist in this account; create it with "
+                "Custom::ServiceLinkedRole (spotfleet.amazonaws.com) and DependsOn"
+            )
+        if props.grantee_principal and props.grantee_principal not in (grantee["Arn"], scope.role_arn(SPOT_FLEET_ROLE_NAME)):
+            raise InvalidRequest(f"GranteePrincipal must be this account's {SPOT_FLEET_ROLE_NAME} ({grantee['Arn']})")
+        constraints = props.constraints.model_dump(by_alias=True, exclude_none=True) if props.constraints else None
+        spec = GrantSpec(
+            key_arn=key["Arn"],
+            grantee_role_name=SPOT_FLEET_ROLE_NAME,
+            operations=props.operations,
+            constraints=constraints or None,
+            retiring_principal=props.retiring_principal,
+            stack_id=request.stack_id,
+            logical_id=request.logical_id,
+        )
+        return spec, grantee
+
+    def _grant(self, request: Request, props: SpotFleetKmsGrantProperties) -> Response:
+        spec, grantee = self.grant_spec(request, props)
+        outcome = converge_grant(spec, grantee)
+        physical_id = f"{spec.key_arn}#{outcome.grant_id}"
+        key = grant_key(physical_id)
+        try:
+            self.registry.record(
+                key,
+                "grant",
+                spec.to_dict(),
+                created_now=True,
+                attrs={
+                    "key_arn": spec.key_arn,
+                    "grant_id": outcome.grant_id,
+                    "grant_name": outcome.name,
+                    "grantee_arn": outcome.grantee_arn,
+                    "grantee_role": spec.grantee_role_name.lower(),
+                    "grantee_role_id": outcome.grantee_role_id,
+                },
+            )
+            self.registry.claim(key, Claim(request.stack_id, request.logical_id, props.heal, "Delete"))
+        except Exception:
+            if physical_id != request.physical_id:
+                kms.revoke_grant(spec.key_arn, outcome.grant_id)
+            raise
+        logger.info("grant converged", key_arn=spec.key_arn, grant_id=outcome.grant_id)
+        return Response(
+            physical_id,
+            {
+                "GrantId": outcome.grant_id,
+                "GrantToken": outcome.grant_token,
+                "KeyArn": spec.key_arn,
+                "GranteePrincipal": outcome.grantee_arn,
+            },
+        )
+
+    def abandon(self, request: Request, response: Response) -> None:
+        """Undo the claim of a request whose answer (FAILED at the deadline) already went out."""
+        if match := ROLE_ARN.match(response.physical_id):
+            self.registry.release(role_key(match.group(4)), request.stack_id, request.logical_id)
+        elif response.physical_id != request.physical_id and "#" in response.physical_id:
+            self._delete_grant(request, response.physical_id)
+        logger.warning("late result abandoned", physical_id=response.physical_id)
+
+    # --- Delete --------------------------------------------------------------------------------
+
+    def delete(self, request: Request) -> Response:
+        physical_id = request.physical_id or ""
+        if (match := ROLE_ARN.match(physical_id)) and match.group(2) == request.scope.account:
+            self._delete_role(request, match.group(4))
+        elif GRANT_PHYSICAL_ID.match(physical_id):
+            self._delete_grant(request, physical_id)
+        else:
+            logger.info("physical id not produced by rolekeeper; nothing to delete", physical_id=physical_id)
+        return Response(physical_id)
+
+    def _delete_role(self, request: Request, name: str) -> None:
+        key = role_key(name)
+        claim = self.registry.release(key, request.stack_id, request.logical_id)
+        if claim is None:
+            logger.info("no claim held by this resource; nothing to delete", role_name=name)
+            return
+        if claim.on_delete != "Delete":
+            logger.info("claim released; role retained", role_name=name)
+            return
+        record = self.registry.get(key)
+        if record is None or not record.created or record.claims:
+            logger.info(
+                "claim released; role retained",
+                role_name=name,
+                created_by_rolekeeper=bool(record and record.created),
+                remaining_claims=len(record.claims) if record else 0,
+            )
+            return
+        if record.kind == "slr":
+            task_id = iam.delete_service_linked_role(name)
+            logger.info("service-linked role deletion submitted", role_name=name, deletion_task_id=task_id)
+        else:
+            spec = RoleSpec.from_dict(record.desired)
+            iam.delete_role(name, name if spec.instance_profile else None)
+            logger.info("role deleted", role_name=name)
+        self.registry.forget(key)
+
+    def _delete_grant(self, request: Request, physical_id: str) -> None:
+        key = grant_key(physical_id)
+        claim = self.registry.release(key, request.stack_id, request.logical_id)
+        if claim is None:
+            logger.info("no claim held by this resource; nothing to revoke", physical_id=physical_id)
+            return
+        record = self.registry.get(key)
+        key_arn, original = physical_id.rsplit("#", 1)
+        current = record.attrs.get("grant_id", original) if record else original
+        for grant_id in dict.fromkeys((current, original)):
+            revoked = kms.revoke_grant(key_arn, grant_id)
+            logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
+        self.registry.forget(key)

@@ -1,0 +1,275 @@
+"""The registry: desired state per object and one item per claim (stack id + logical id).
+
+Claims are separate items, so concurrent stacks adding or releasing claims never overwrite each
+other; object items are written with update expressions, never read-modify-write.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rolekeeper import aws
+
+OBJECT = "OBJECT"
+CLAIM = "CLAIM#"
+BY_GRANTEE = "ByGrantee"
+BY_GRANT_ID = "ByGrantId"
+
+
+# The table as template.yaml declares it (tests/unit/test_template.py keeps the two in step).
+TABLE_SCHEMA: dict[str, Any] = {
+    "AttributeDefinitions": [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+        {"AttributeName": "grantee_role", "AttributeType": "S"},
+        {"AttributeName": "grant_id", "AttributeType": "S"},
+    ],
+    "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    "GlobalSecondaryIndexes": [
+        {
+            "IndexName": BY_GRANTEE,
+            "KeySchema": [{"AttributeName": "grantee_role", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        },
+        {
+            "IndexName": BY_GRANT_ID,
+            "KeySchema": [{"AttributeName": "grant_id", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        },
+    ],
+    "BillingMode": "PAY_PER_REQUEST",
+}
+
+
+def role_key(role_name: str) -> str:
+    # IAM role names are unique case-insensitively within an account.
+    return f"ROLE#{role_name.lower()}"
+
+
+def grant_key(physical_id: str) -> str:
+    return f"GRANT#{physical_id}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    stack_id: str
+    logical_id: str
+    heal: bool = True
+    on_delete: str = "Retain"
+
+    @property
+    def sk(self) -> str:
+        return f"{CLAIM}{self.stack_id}#{self.logical_id}"
+
+
+@dataclass
+class Record:
+    key: str
+    kind: str
+    desired: dict[str, Any]
+    created: bool = False
+    attrs: dict[str, str] = field(default_factory=dict)
+    claims: list[Claim] = field(default_factory=list)
+
+    @property
+    def healable(self) -> bool:
+        return any(c.heal for c in self.claims)
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _claim(item: dict[str, Any]) -> Claim:
+    return Claim(
+        stack_id=item["stack_id"]["S"],
+        logical_id=item["logical_id"]["S"],
+        heal=item.get("heal", {}).get("BOOL", True),
+        on_delete=item.get("on_delete", {}).get("S", "Retain"),
+    )
+
+
+def _record(item: dict[str, Any]) -> Record:
+    reserved = {"pk", "sk", "kind", "desired", "created", "heal_count", "heal_window", "heal_lease", "updated_at"}
+    return Record(
+        key=item["pk"]["S"],
+        kind=item.get("kind", {}).get("S", ""),
+        desired=json.loads(item.get("desired", {}).get("S", "{}")),
+        created=item.get("created", {}).get("BOOL", False),
+        attrs={k: v["S"] for k, v in item.items() if k not in reserved and "S" in v},
+    )
+
+
+class Registry:
+    def __init__(self, table_name: str) -> None:
+        self.table = table_name
+
+    def record(
+        self, key: str, kind: str, desired: dict[str, Any], *, created_now: bool, attrs: dict[str, str]
+    ) -> bool:
+        """Write the desired state; returns whether rolekeeper created the object (now or before)."""
+        names = {"#kind": "kind", "#desired": "desired", "#created": "created", "#updated": "updated_at"}
+        values: dict[str, Any] = {
+            ":kind": _s(kind),
+            ":desired": _s(json.dumps(desired, sort_keys=True)),
+            ":created": {"BOOL": created_now},
+            ":updated": _s(str(int(time.time()))),
+        }
+        sets = ["#kind = :kind", "#desired = :desired", "#updated = :updated"]
+        sets.append("#created = :created" if created_now else "#created = if_not_exists(#created, :created)")
+        for i, (name, value) in enumerate(sorted(attrs.items())):
+            names[f"#a{i}"] = name
+            values[f":a{i}"] = _s(value)
+            sets.append(f"#a{i} = :a{i}")
+        result = aws.dynamodb().update_item(
+            TableName=self.table,
+            Key={"pk": _s(key), "sk": _s(OBJECT)},
+            UpdateExpression="SET " + ", ".join(sets),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_NEW",
+        )
+        return bool(result["Attributes"]["created"]["BOOL"])
+
+    def claim(self, key: str, claim: Claim) -> None:
+        aws.dynamodb().put_item(
+            TableName=self.table,
+            Item={
+                "pk": _s(key),
+                "sk": _s(claim.sk),
+                "stack_id": _s(claim.stack_id),
+                "logical_id": _s(claim.logical_id),
+                "heal": {"BOOL": claim.heal},
+                "on_delete": _s(claim.on_delete),
+            },
+        )
+
+    def release(self, key: str, stack_id: str, logical_id: str) -> Claim | None:
+        """Remove one claim; returns it if it was there."""
+        result = aws.dynamodb().delete_item(
+            TableName=self.table,
+            Key={"pk": _s(key), "sk": _s(Claim(stack_id, logical_id).sk)},
+            ReturnValues="ALL_OLD",
+        )
+        old = result.get("Attributes")
+        return _claim(old) if old else None
+
+    def get(self, key: str) -> Record | None:
+        """The object and its claims, read consistently in one query."""
+        items = list(
+            self._pages(
+                "query",
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": _s(key)},
+                ConsistentRead=True,
+            )
+        )
+        records = self._group(items)
+        return records[0] if records else None
+
+    def forget(self, key: str) -> None:
+        aws.dynamodb().delete_item(TableName=self.table, Key={"pk": _s(key), "sk": _s(OBJECT)})
+
+    def all(self) -> list[Record]:
+        """Every object with its claims: the table scanned in pages, not one call per object."""
+        return self._group(self._pages("scan", ConsistentRead=True))
+
+    def grants_naming(self, role_name: str) -> list[Record]:
+        return self._by_index(BY_GRANTEE, "grantee_role", role_name.lower())
+
+    def grant_by_id(self, grant_id: str) -> Record | None:
+        found = self._by_index(BY_GRANT_ID, "grant_id", grant_id)
+        return found[0] if found else None
+
+    def _by_index(self, index: str, attribute: str, value: str) -> list[Record]:
+        keys = [
+            item["pk"]["S"]
+            for item in self._pages(
+                "query",
+                IndexName=index,
+                KeyConditionExpression="#a = :v",
+                ExpressionAttributeNames={"#a": attribute},
+                ExpressionAttributeValues={":v": _s(value)},
+            )
+        ]
+        return [r for r in (self.get(k) for k in dict.fromkeys(keys)) if r is not None]
+
+    def _pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        paginator = aws.dynamodb().get_paginator(operation)  # type: ignore[call-overload]
+        for page in paginator.paginate(TableName=self.table, **kwargs):
+            yield from page.get("Items", [])
+
+    @staticmethod
+    def _group(items: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> list[Record]:
+        objects: dict[str, Record] = {}
+        claims: dict[str, list[Claim]] = {}
+        for item in items:
+            key, sk = item["pk"]["S"], item["sk"]["S"]
+            if sk == OBJECT:
+                objects[key] = _record(item)
+            elif sk.startswith(CLAIM):
+                claims.setdefault(key, []).append(_claim(item))
+        for key, record in objects.items():
+            record.claims = claims.get(key, [])
+        return list(objects.values())
+
+    # Healing bookkeeping: a short lease so concurrent invocations heal an object once, and a
+    # per-object count in a sliding hour so a fight with someone deleting it stops.
+    def begin_heal(self, key: str, *, now: float, lease_seconds: int, limit: int, window: int = 3600) -> str:
+        """Returns "go", "busy" (another invocation holds the lease) or "limited"."""
+        from botocore.exceptions import ClientError
+
+        db = aws.dynamodb()
+        try:
+            db.update_item(
+                TableName=self.table,
+                Key={"pk": _s(key), "sk": _s(OBJECT)},
+                UpdateExpression="SET heal_lease = :until",
+                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(heal_lease) OR heal_lease < :now)",
+                ExpressionAttributeValues={":until": {"N": str(int(now) + lease_seconds)}, ":now": {"N": str(int(now))}},
+            )
+        except ClientError as error:
+            if aws.error_code(error) == "ConditionalCheckFailedException":
+                return "busy"
+            raise
+        try:
+            db.update_item(
+                TableName=self.table,
+                Key={"pk": _s(key), "sk": _s(OBJECT)},
+                UpdateExpression="SET heal_window = if_not_exists(heal_window, :now) ADD heal_count :one",
+                ConditionExpression="attribute_not_exists(heal_count) OR heal_count < :limit",
+                ExpressionAttributeValues={":now": {"N": str(int(now))}, ":one": {"N": "1"}, ":limit": {"N": str(limit)}},
+            )
+        except ClientError as error:
+            if aws.error_code(error) != "ConditionalCheckFailedException":
+                raise
+            # Over the limit: start a new window if the old one has passed, else refuse.
+            try:
+                db.update_item(
+                    TableName=self.table,
+                    Key={"pk": _s(key), "sk": _s(OBJECT)},
+                    UpdateExpression="SET heal_window = :now, heal_count = :one",
+                    ConditionExpression="heal_window < :expired",
+                    ExpressionAttributeValues={
+                        ":now": {"N": str(int(now))},
+                        ":one": {"N": "1"},
+                        ":expired": {"N": str(int(now) - window)},
+                    },
+                )
+            except ClientError as again:
+                if aws.error_code(again) == "ConditionalCheckFailedException":
+                    self.end_heal(key)
+                    return "limited"
+                raise
+        return "go"
+
+    def end_heal(self, key: str) -> None:
+        aws.dynamodb().update_item(
+            TableName=self.table,
+            Key={"pk": _s(key), "sk": _s(OBJECT)},
+            UpdateExpression="REMOVE heal_lease",
+        )

@@ -1,0 +1,191 @@
+"""Region, fake credentials and settings are set before any rolekeeper module is imported."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.update(
+    {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+        "REGISTRY_TABLE_NAME": "rolekeeper-test-registry",
+        "ALLOWED_SERVICE_NAMES": "spot.amazonaws.com,spotfleet.amazonaws.com,batch.amazonaws.com,"
+        "ecs.amazonaws.com,autoscaling.amazonaws.com",
+        "ALLOWED_MANAGED_POLICY_ARNS": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore,"
+        "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy",
+        "HEAL_MODE": "heal",
+        "POWERTOOLS_SERVICE_NAME": "rolekeeper",
+        "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",
+        "POWERTOOLS_LOG_LEVEL": "INFO",
+    }
+)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_PROFILE", None)
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from tests import fidelity  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "events"
+ACCOUNT = "123456789012"
+
+
+def load_event(name: str, **overrides: Any) -> dict[str, Any]:
+    event = json.loads((EVENTS / name).read_text())
+    for key, value in overrides.items():
+        event[key] = value
+    return event
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "rolekeeper-ProvisionerFunction"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:rolekeeper-ProvisionerFunction"
+    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
+    remaining_ms: int = 120_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.fixture
+def context() -> LambdaContext:
+    return LambdaContext()
+
+
+def reset_clients() -> None:
+    from rolekeeper import aws
+    from rolekeeper.config import settings
+
+    aws.client.cache_clear()
+    settings.cache_clear()
+
+
+def create_registry_table() -> None:
+    from rolekeeper.registry import TABLE_SCHEMA
+
+    boto3.client("dynamodb").create_table(TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA))
+
+
+@pytest.fixture
+def deletion_tasks() -> fidelity.DeletionTasks:
+    return fidelity.DeletionTasks()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, deletion_tasks: fidelity.DeletionTasks) -> Iterator[None]:
+    """moto, made to behave as AWS (tests/fidelity.py), with the registry table created."""
+    from rolekeeper import iam
+
+    monkeypatch.setattr(iam, "sleep", lambda _s: None)
+    fidelity.install(monkeypatch, deletion_tasks)
+    with mock_aws():
+        reset_clients()
+        create_registry_table()
+        yield
+    reset_clients()
+
+
+@pytest.fixture
+def raw_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto as it is (its own SLR names and EntityAlreadyExists), for the both-behaviours tests."""
+    from rolekeeper import iam
+
+    monkeypatch.setattr(iam, "sleep", lambda _s: None)
+    with mock_aws():
+        reset_clients()
+        create_registry_table()
+        yield
+    reset_clients()
+
+
+@dataclass
+class Sent:
+    """Stands in for CloudFormation's pre-signed ResponseURL."""
+
+    responses: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, url: str, body: dict[str, Any], **_kwargs: Any) -> bool:
+        self.responses.append(copy.deepcopy(body))
+        return True
+
+    @property
+    def last(self) -> dict[str, Any]:
+        assert self.responses, "no response was sent"
+        return self.responses[-1]
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
+    from rolekeeper.handlers import custom_resource
+
+    recorder = Sent()
+    monkeypatch.setattr(custom_resource.helper, "sender", recorder)
+    custom_resource.provisioner.cache_clear()
+    return recorder
+
+
+@dataclass
+class Stack:
+    """Sends custom resource requests as one CloudFormation stack would."""
+
+    name: str
+    sent: Sent
+    context: LambdaContext
+
+    @property
+    def stack_id(self) -> str:
+        return f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/{self.name}/0f1e2d3c-{abs(hash(self.name)) % 10**8:08d}"
+
+    def send(
+        self,
+        event_file: str,
+        logical_id: str | None = None,
+        props: dict[str, Any] | None = None,
+        old_props: dict[str, Any] | None = None,
+        drop: tuple[str, ...] = (),
+        **overrides: Any,
+    ) -> dict[str, Any]:
+        """Send events/<event_file> from this stack; props merge into ResourceProperties."""
+        from rolekeeper.handlers.custom_resource import lambda_handler
+
+        event = load_event(event_file)
+        event["StackId"] = self.stack_id
+        if logical_id:
+            event["LogicalResourceId"] = logical_id
+        event["ResourceProperties"].update(props or {})
+        if old_props is not None:
+            event["OldResourceProperties"] = {**event.get("OldResourceProperties", {}), **old_props}
+        for name in drop:
+            event["ResourceProperties"].pop(name, None)
+        for key, value in overrides.items():
+            event[key] = value
+        before = len(self.sent.responses)
+        lambda_handler(event, self.context)
+        assert len(self.sent.responses) == before + 1, "exactly one response per request"
+        return self.sent.last
+
+
+@pytest.fixture
+def stack(sent: Sent, context: LambdaContext) -> Stack:
+    return Stack("app", sent, context)
+
+
+@pytest.fixture
+def other_stack(sent: Sent, context: LambdaContext) -> Stack:
+    return Stack("other", sent, context)

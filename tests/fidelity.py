@@ -1,0 +1,143 @@
+"""Make moto behave as AWS does where rolekeeper depends on the difference.
+
+The AWS facts here are written from the AWS documentation, independently of src/ (so a wrong
+name in rolekeeper's catalog is caught, not copied):
+- IAM names service-linked roles AWSServiceRoleForEC2Spot etc. (moto: AWSServiceRoleForspot).
+- CreateServiceLinkedRole for an existing role fails with InvalidInput "Service role name ...
+  has been taken in this account, please try a different suffix." (moto: EntityAlreadyExists).
+- DeleteServiceLinkedRole is asynchronous: it returns a task id
+  task/aws-service-role/<service>/<role>/<uuid> and the role stays until the task finishes;
+  GetServiceLinkedRoleDeletionStatus reports NOT_STARTED/IN_PROGRESS/SUCCEEDED/FAILED.
+- CreateGrant with a Name and identical parameters returns the existing GrantId (new token).
+- Grant ids are 64 hex characters.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from moto.iam import models as iam_models
+from moto.iam import responses as iam_responses
+from moto.iam.exceptions import InvalidInput
+from moto.kms import models as kms_models
+
+AWS_SERVICE_LINKED_ROLE_NAMES = {
+    "spot.amazonaws.com": "AWSServiceRoleForEC2Spot",
+    "spotfleet.amazonaws.com": "AWSServiceRoleForEC2SpotFleet",
+    "batch.amazonaws.com": "AWSServiceRoleForBatch",
+    "ecs.amazonaws.com": "AWSServiceRoleForECS",
+    "autoscaling.amazonaws.com": "AWSServiceRoleForAutoScaling",
+}
+
+
+@dataclass
+class DeletionTasks:
+    """Service-linked role deletions in flight. finish() completes them as IAM would later."""
+
+    asynchronous: bool = False
+    pending: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    outcome: dict[str, str] = field(default_factory=dict)
+    fail_next_with_in_use: bool = False
+
+    def finish(self) -> None:
+        for task_id, (backend, role_name) in list(self.pending.items()):
+            if self.outcome.get(task_id) == "FAILED":
+                continue
+            if role_name in backend.roles_by_name():
+                backend.delete_role(role_name)
+            self.outcome[task_id] = "SUCCEEDED"
+            del self.pending[task_id]
+
+
+def _roles_by_name(self: Any) -> dict[str, Any]:
+    return {role.name: role for role in self.roles.values()}
+
+
+def install(monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks) -> None:
+    original_create = iam_models.IAMBackend.create_service_linked_role
+    monkeypatch.setattr(iam_models.IAMBackend, "roles_by_name", _roles_by_name, raising=False)
+
+    def create_service_linked_role(self: Any, service_name: str, description: str, suffix: str) -> Any:
+        name = AWS_SERVICE_LINKED_ROLE_NAMES.get(service_name)
+        if name is None:
+            return original_create(self, service_name, description, suffix)
+        if suffix:
+            name = f"{name}_{suffix}"
+        if name.lower() in {n.lower() for n in self.roles_by_name()}:
+            raise InvalidInput(f"Service role name {name} has been taken in this account, please try a different suffix.")
+        role = original_create(self, service_name, description, suffix)
+        role.name = name
+        return role
+
+    def delete_service_linked_role(self: Any, role_name: str) -> str:
+        role = self.get_role(role_name)  # NoSuchEntity as IAM
+        service = role.path.strip("/").split("/")[-1]
+        task_id = f"task/aws-service-role/{service}/{role_name}/{uuid.uuid4()}"
+        if tasks.fail_next_with_in_use:
+            tasks.fail_next_with_in_use = False
+            tasks.outcome[task_id] = "FAILED"
+            return task_id
+        tasks.pending[task_id] = (self, role_name)
+        if not tasks.asynchronous:
+            tasks.finish()
+        return task_id
+
+    def get_status(self: Any) -> Any:
+        from moto.core.responses import ActionResult
+
+        task_id = self._get_param("DeletionTaskId")
+        status = "IN_PROGRESS" if task_id in tasks.pending else tasks.outcome.get(task_id, "SUCCEEDED")
+        result: dict[str, Any] = {"Status": status}
+        if status == "FAILED":
+            result["Reason"] = {
+                "Reason": "The role is in use by active resources.",
+                "RoleUsageList": [{"Region": "us-east-1", "Resources": ["arn:aws:ec2:us-east-1:123456789012:spot-fleet-request/sfr-1"]}],
+            }
+        return ActionResult(result)
+
+    monkeypatch.setattr(iam_models.IAMBackend, "create_service_linked_role", create_service_linked_role)
+    monkeypatch.setattr(iam_models.IAMBackend, "delete_service_linked_role", delete_service_linked_role)
+    monkeypatch.setattr(iam_responses.IamResponse, "get_service_linked_role_deletion_status", get_status)
+
+    original_grant = kms_models.KmsBackend.create_grant
+
+    def create_grant(
+        self: Any,
+        key_id: str,
+        grantee_principal: str,
+        operations: list[str],
+        name: str,
+        constraints: dict[str, Any],
+        retiring_principal: str,
+    ) -> tuple[str, str]:
+        key = self.describe_key(key_id)
+        if name:
+            for grant in key.grants.values():
+                if (grant.name, grant.grantee_principal, sorted(grant.operations), grant.constraints, grant.retiring_principal) == (
+                    name,
+                    grantee_principal,
+                    sorted(operations),
+                    constraints,
+                    retiring_principal,
+                ):
+                    return grant.id, secrets.token_hex(32)
+        grant_id, token = original_grant(self, key_id, grantee_principal, operations, name, constraints, retiring_principal)
+        grant = key.grants.pop(grant_id)
+        grant.id = secrets.token_hex(32)
+        key.grants[grant.id] = grant
+        return grant.id, token
+
+    def revoke_grant(self: Any, key_id: str, grant_id: str) -> None:
+        key = self.describe_key(key_id)
+        if grant_id not in key.grants:
+            from moto.kms.exceptions import NotFoundException
+
+            raise NotFoundException(f"Grant ID {grant_id} not found")
+        del key.grants[grant_id]
+
+    monkeypatch.setattr(kms_models.KmsBackend, "create_grant", create_grant)
+    monkeypatch.setattr(kms_models.KmsBackend, "revoke_grant", revoke_grant)

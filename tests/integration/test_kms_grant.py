@@ -1,0 +1,154 @@
+"""Custom::SpotFleetKmsGrant end to end."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from rolekeeper.catalog import DEFAULT_GRANT_OPERATIONS
+
+SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
+
+
+@pytest.fixture
+def key_arn(aws) -> str:
+    return boto3.client("kms").create_key(Description="AMI key")["KeyMetadata"]["Arn"]
+
+
+@pytest.fixture
+def spot_fleet_role(aws) -> dict:
+    iam = boto3.client("iam")
+    iam.create_service_linked_role(AWSServiceName="spotfleet.amazonaws.com")
+    return iam.get_role(RoleName=SPOT_FLEET)["Role"]
+
+
+def grants(key_arn: str) -> list[dict]:
+    return boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]
+
+
+def test_grant_defaults_to_the_eight_documented_operations(key_arn, spot_fleet_role, stack):
+    response = stack.send("grant-create.json", props={"KeyId": key_arn})
+    assert response["Status"] == "SUCCESS", response["Reason"]
+    (grant,) = grants(key_arn)
+    assert sorted(grant["Operations"]) == sorted(DEFAULT_GRANT_OPERATIONS)
+    assert len(DEFAULT_GRANT_OPERATIONS) == 8
+    assert grant["GranteePrincipal"] == spot_fleet_role["Arn"]
+    assert response["PhysicalResourceId"] == f"{key_arn}#{grant['GrantId']}"
+    assert response["Data"]["GrantId"] == grant["GrantId"]
+    assert response["Data"]["KeyArn"] == key_arn
+    assert response["Data"]["GranteePrincipal"] == spot_fleet_role["Arn"]
+    assert response["Data"]["GrantToken"]
+    assert spot_fleet_role["RoleId"] in grant["Name"]
+
+
+def test_key_id_in_this_account_resolves_to_key_arn(key_arn, spot_fleet_role, stack):
+    key_id = key_arn.rsplit("/", 1)[1]
+    response = stack.send("grant-create.json", props={"KeyId": key_id})
+    assert response["Status"] == "SUCCESS", response["Reason"]
+    assert response["Data"]["KeyArn"] == key_arn
+
+
+def test_retried_create_returns_the_same_grant(key_arn, spot_fleet_role, stack):
+    first = stack.send("grant-create.json", props={"KeyId": key_arn})
+    second = stack.send("grant-create.json", props={"KeyId": key_arn})
+    assert first["PhysicalResourceId"] == second["PhysicalResourceId"]
+    assert len(grants(key_arn)) == 1
+
+
+def test_property_change_makes_new_grant_and_cleanup_delete_retires_old(key_arn, spot_fleet_role, stack):
+    first = stack.send("grant-create.json", props={"KeyId": key_arn})
+    updated = stack.send(
+        "grant-update.json",
+        props={"KeyId": key_arn},
+        old_props={"KeyId": key_arn},
+        PhysicalResourceId=first["PhysicalResourceId"],
+    )
+    assert updated["Status"] == "SUCCESS", updated["Reason"]
+    assert updated["PhysicalResourceId"] != first["PhysicalResourceId"]
+    assert len(grants(key_arn)) == 2
+    # CloudFormation's cleanup Delete for the old physical id
+    cleanup = stack.send("grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=first["PhysicalResourceId"])
+    assert cleanup["Status"] == "SUCCESS"
+    (left,) = grants(key_arn)
+    assert left["GrantId"] == updated["Data"]["GrantId"]
+    assert "GenerateDataKey" not in left["Operations"]
+
+
+def test_delete_of_already_retired_grant_succeeds(key_arn, spot_fleet_role, stack):
+    created = stack.send("grant-create.json", props={"KeyId": key_arn})
+    boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=created["Data"]["GrantId"])
+    response = stack.send("grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"])
+    assert response["Status"] == "SUCCESS", response["Reason"]
+
+
+def test_delete_of_unknown_grant_physical_id_touches_nothing(key_arn, spot_fleet_role, stack):
+    created = stack.send("grant-create.json", props={"KeyId": key_arn})
+    response = stack.send("grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId="app_SpotFleetAmiKeyGrant_XY12AB34")
+    assert response["Status"] == "SUCCESS"
+    other = stack.send(
+        "grant-delete.json", logical_id="NotMine", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"]
+    )
+    assert other["Status"] == "SUCCESS"
+    assert len(grants(key_arn)) == 1
+
+
+def test_grant_needs_the_spot_fleet_role(key_arn, stack):
+    response = stack.send("grant-create.json", props={"KeyId": key_arn})
+    assert response["Status"] == "FAILED"
+    assert "AWSServiceRoleForEC2SpotFleet does not exist" in response["Reason"]
+    assert grants(key_arn) == []
+
+
+def test_grant_refuses_aws_managed_key(aws, spot_fleet_role, stack, monkeypatch):
+    from rolekeeper import kms
+
+    real = kms.describe_key
+    monkeypatch.setattr(kms, "describe_key", lambda k: {**real(k), "KeyManager": "AWS"})
+    key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    response = stack.send("grant-create.json", props={"KeyId": key})
+    assert response["Status"] == "FAILED"
+    assert "customer managed key" in response["Reason"]
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        ({"KeyId": "not-a-key"}, "KeyId must be a KMS key ARN"),
+        ({"KeyId": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"}, "was not found"),
+        ({"Operations": ["Decrypt", "Administer"]}, "unknown operation 'Administer'"),
+        ({"Operations": []}, "Operations"),
+        ({"GranteePrincipal": "arn:aws:iam::123456789012:role/Admin"}, "GranteePrincipal must be this account's"),
+        ({"GranteePrincipal": "arn:aws:iam::999999999999:role/AWSServiceRoleForEC2SpotFleet"}, "GranteePrincipal must be"),
+        ({"Heal": "maybe"}, "Heal must be true or false"),
+        ({"Constraints": {"EncryptionContextSubset": "x"}}, "Constraints.EncryptionContextSubset"),
+    ],
+)
+def test_bad_grant_input_fails_and_creates_nothing(key_arn, spot_fleet_role, stack, props, expected):
+    response = stack.send("grant-create.json", props={"KeyId": key_arn, **props})
+    assert response["Status"] == "FAILED"
+    assert expected in response["Reason"]
+    assert grants(key_arn) == []
+
+
+def test_grantee_without_path_is_accepted(key_arn, spot_fleet_role, stack):
+    response = stack.send(
+        "grant-create.json",
+        props={"KeyId": key_arn, "GranteePrincipal": "arn:aws:iam::123456789012:role/AWSServiceRoleForEC2SpotFleet"},
+    )
+    assert response["Status"] == "SUCCESS", response["Reason"]
+    assert response["Data"]["GranteePrincipal"] == spot_fleet_role["Arn"]
+
+
+def test_constraints_and_retiring_principal_are_passed(key_arn, spot_fleet_role, stack):
+    response = stack.send(
+        "grant-create.json",
+        props={
+            "KeyId": key_arn,
+            "Constraints": {"EncryptionContextSubset": {"purpose": "ami"}},
+            "RetiringPrincipal": "arn:aws:iam::123456789012:role/platform-admin",
+        },
+    )
+    assert response["Status"] == "SUCCESS", response["Reason"]
+    (grant,) = grants(key_arn)
+    assert grant["Constraints"] == {"EncryptionContextSubset": {"purpose": "ami"}}
+    assert grant["RetiringPrincipal"] == "arn:aws:iam::123456789012:role/platform-admin"
