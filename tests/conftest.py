@@ -24,6 +24,8 @@ os.environ.update(
         "ecs.amazonaws.com,autoscaling.amazonaws.com",
         "ALLOWED_MANAGED_POLICY_ARNS": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore,"
         "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy",
+        "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,ecsInstanceRole,"
+        "AWSBatchServiceRole,app-*,web-app,web-app-*",
         "HEAL_MODE": "heal",
         "POWERTOOLS_SERVICE_NAME": "rolekeeper",
         "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",

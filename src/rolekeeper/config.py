@@ -6,6 +6,13 @@ from functools import cache
 from typing import Literal
 
 
+# Names Custom::ServiceRole may create or adopt when ALLOWED_ROLE_NAMES is unset: the blueprints'
+# defaults and the name AWS Batch's documentation uses for the Spot Fleet role.
+DEFAULT_ROLE_NAMES = frozenset(
+    {"aws-ec2-spot-fleet-tagging-role", "AmazonEC2SpotFleetRole", "ecsInstanceRole", "AWSBatchServiceRole"}
+)
+
+
 def _csv(name: str) -> frozenset[str]:
     return frozenset(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
@@ -18,6 +25,7 @@ class Settings:
     heal_mode: Literal["heal", "report"]
     notification_topic_arn: str | None
     heal_rate_limit: int
+    allowed_role_names: frozenset[str]
 
 
 @cache
@@ -31,4 +39,5 @@ def settings() -> Settings:
         heal_mode="report" if mode == "report" else "heal",
         notification_topic_arn=os.environ.get("NOTIFICATION_TOPIC_ARN") or None,
         heal_rate_limit=int(os.environ.get("HEAL_RATE_LIMIT", "5")),
+        allowed_role_names=_csv("ALLOWED_ROLE_NAMES") or DEFAULT_ROLE_NAMES,
     )

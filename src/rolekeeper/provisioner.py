@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,11 @@ class Provisioner:
         name = props.role_name or blueprint.default_role_name
         if name is None:
             raise InvalidRequest(f"RoleName is required for Blueprint {blueprint.name}")
+        if not self.role_name_allowed(name):
+            raise InvalidRequest(
+                f"RoleName {name} is not allowed by this stack; AllowedRoleNames: "
+                f"{', '.join(sorted(self.settings.allowed_role_names))}"
+            )
         if props.managed_policy_arns and not blueprint.takes_managed_policy_arns:
             raise InvalidRequest(f"ManagedPolicyArns is only for Blueprint ec2-application, not {blueprint.name}")
         allowed = self.settings.allowed_managed_policy_arns
@@ -139,6 +145,11 @@ class Provisioner:
             tags={t.key: t.value for t in props.tags},
             instance_profile=instance_profile,
         )
+
+    def role_name_allowed(self, name: str) -> bool:
+        # The same patterns scope the function's IAM permissions (template.yaml), where "*" is
+        # the only wildcard that role names can meet.
+        return any(fnmatchcase(name, pattern) for pattern in self.settings.allowed_role_names)
 
     def _previous_role_spec(self, request: Request, spec: RoleSpec) -> RoleSpec | None:
         if request.request_type != "Update" or not request.old_properties:

@@ -179,9 +179,14 @@ def converge_linked_role(spec: LinkedRoleSpec) -> RoleOutcome:
     return RoleOutcome(name=role["RoleName"], arn=role["Arn"], role_id=role["RoleId"], created=created, changes=changes)
 
 
-def converge_role(spec: RoleSpec, previous: RoleSpec | None = None) -> RoleOutcome:
+def converge_role(
+    spec: RoleSpec, previous: RoleSpec | None = None, *, rollback: bool = True, restore_trust: bool = False
+) -> RoleOutcome:
     """Create or adopt a regular role and add what the blueprint needs; on failure after creating
-    it, remove what this call made so nothing half-made is left."""
+    it, remove what this call made so nothing half-made is left (the healer, which never deletes,
+    passes rollback=False and completes the role on its retry instead). A role that does not trust
+    the blueprint's principal is someone else's and is refused, unless the healer is restoring the
+    trust policy of a role rolekeeper holds (restore_trust=True)."""
     role = iam.get_role(spec.name)
     if role is None:
         iam.create_role(
@@ -196,13 +201,14 @@ def converge_role(spec: RoleSpec, previous: RoleSpec | None = None) -> RoleOutco
             role = iam.wait_for_role(spec.name)
             outcome = _complete(spec, previous, role, created=True)
         except Exception:
-            logger.warning("rolling back role created by this request", role_name=spec.name)
-            iam.delete_role(spec.name, spec.name if spec.instance_profile else None)
+            if rollback:
+                logger.warning("rolling back role created by this request", role_name=spec.name)
+                iam.delete_role(spec.name, spec.name if spec.instance_profile else None)
             raise
         return outcome
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
-    if not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals):
+    if not restore_trust and not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals):
         raise Conflict(
             f"role {spec.name} exists but does not trust {spec.principals[0]}; left untouched"
         )

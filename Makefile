@@ -1,0 +1,61 @@
+# rolekeeper: the few targets a user types. Everything installs itself on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .venv-tools
+SAM := $(TOOLS)/sam/bin/sam
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+PARLIAMENT := $(TOOLS)/parliament/bin/parliament
+# sam build needs the function's runtime (python3.13) on PATH; pyenv provides it here.
+PY313 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin))
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: dev tools test lint format build demo bench clean
+
+dev: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# aws-sam-cli, checkov and parliament pin old boto3 and clash with each other: one venv each.
+$(SAM):
+	$(PYTHON) -m venv $(TOOLS)/sam && $(TOOLS)/sam/bin/pip install --quiet aws-sam-cli
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)/checkov && $(TOOLS)/checkov/bin/pip install --quiet checkov
+$(PARLIAMENT):
+	$(PYTHON) -m venv $(TOOLS)/parliament && $(TOOLS)/parliament/bin/pip install --quiet parliament
+
+tools: $(SAM) $(CHECKOV) $(PARLIAMENT)
+
+test: dev
+	$(PY) -m pytest
+
+lint: dev tools
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(SAM) validate --lint --template template.yaml
+	$(TOOLS)/sam/bin/cfn-lint template.yaml examples/*.yaml
+	$(CHECKOV) --quiet --compact --framework cloudformation --file template.yaml --file examples/iam-events-forwarder.yaml
+	$(PY) -m tools.policies | $(PARLIAMENT) --minimal --config tools/parliament.yaml --file /dev/stdin --json 2>/dev/null \
+		| tee /dev/stderr | (! grep -q .)
+
+format: dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+build: $(SAM)
+	PATH="$(PY313):$$PATH" $(SAM) build --template template.yaml
+
+demo: dev
+	$(PY) -m tools.demo
+
+bench: dev
+	$(PY) -m tools.bench
+
+clean:
+	rm -rf .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from collections import Counter
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.utilities.parser import ValidationError, parse
+
+from rolekeeper.catalog import Scope
+from rolekeeper.config import settings
+from rolekeeper.events import IAM_EVENTS, KMS_EVENTS, CloudTrailEvent, ScheduledEvent
+from rolekeeper.healing import Healer, Result
+from rolekeeper.notify import notify
+from rolekeeper.observability import logger, metrics
+from rolekeeper.registry import Registry
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+METRIC_FOR = {
+    "healed": "Healed",
+    "ignored": "EventIgnored",
+    "suppressed": "HealSuppressed",
+    "reported": "HealReported",
+    "failed": "HealFailed",
+}
+
+
+@cache
+def healer() -> Healer:
+    config = settings()
+    return Healer(config, Registry(config.registry_table_name))
+
+
+def _record(result: Result, kind: str) -> None:
+    log = logger.warning if result.outcome in ("suppressed", "failed") else logger.info
+    log("heal " + result.outcome, target=result.name, kind=kind, detail=result.detail, changes=result.changes)
+    if name := METRIC_FOR.get(result.outcome):
+        metrics.add_metric(name=f"{name}{kind.title()}" if name == "Healed" else name, unit="Count", value=1)
+
+
+def _on_change(event: CloudTrailEvent) -> Result:
+    detail = event.detail
+    if detail.event_name in KMS_EVENTS:
+        grant_id = detail.parameter("grantId")
+        if not grant_id:
+            return Result("ignored", detail.event_name, "no grant id in the record")
+        result = healer().heal_grant(grant_id)
+        _record(result, "grant")
+        return result
+    role_name = detail.parameter("roleName")
+    if detail.event_name == "DeleteInstanceProfile":
+        # rolekeeper names every instance profile after its role.
+        role_name = detail.parameter("instanceProfileName")
+    if not role_name:
+        return Result("ignored", detail.event_name, "no role named in the record")
+    task_id = detail.parameter("deletionTaskId") if detail.event_name == "DeleteServiceLinkedRole" else None
+    result = healer().heal_role(role_name, deletion_task_id=task_id)
+    _record(result, "role")
+    return result
+
+
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    metrics.add_metric(name="EventReceived", unit="Count", value=1)
+    account = Scope.from_arn(context.invoked_function_arn).account
+    if isinstance(event, dict) and event.get("detail-type") == "Scheduled Event":
+        try:
+            parse(event=event, model=ScheduledEvent)
+        except ValidationError:
+            return _drop("malformed scheduled event", event)
+        logger.set_correlation_id(str(event.get("id")))
+        results = healer().reconcile_all()
+        for result in results:
+            if result.outcome != "healthy":
+                _record(result, "object")
+        counts = Counter(r.outcome for r in results)
+        logger.info("reconcile finished", **counts)
+        failed = [r for r in results if r.outcome == "failed"]
+        if failed:
+            notify(settings().notification_topic_arn, "rolekeeper reconcile failures", "\n".join(f"{r.name}: {r.detail}" for r in failed))
+            raise RuntimeError(f"reconcile failed for {len(failed)} object(s): {failed[0].name}")
+        return {"outcome": "reconciled", **counts}
+    try:
+        change = parse(event=event, model=CloudTrailEvent)
+    except (ValidationError, TypeError, ValueError):
+        return _drop("malformed or unexpected event", event)
+    logger.set_correlation_id(change.detail.event_id)
+    if change.account != account or (change.detail.recipient_account_id not in (None, account)):
+        return _drop("event for another account", event)
+    if change.detail.error_code:
+        return _drop("failed call, nothing changed", event)
+    if change.detail.event_name not in IAM_EVENTS | KMS_EVENTS:
+        return _drop("event name not watched", event)
+    result = _on_change(change)
+    return {"outcome": result.outcome, "target": result.name, "detail": result.detail}
+
+
+def _drop(why: str, event: Any) -> dict[str, Any]:
+    """Logged and dropped without raising: a retry would not make it any better."""
+    summary = {k: event.get(k) for k in ("id", "source", "detail-type", "account")} if isinstance(event, dict) else {}
+    logger.warning("event dropped", reason=why, **summary)
+    metrics.add_metric(name="EventIgnored", unit="Count", value=1)
+    return {"outcome": "dropped", "detail": why}

@@ -1,0 +1,253 @@
+"""Put registered, claimed objects back to their recorded desired state. Knows nothing of events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from rolekeeper import aws, iam, kms
+from rolekeeper.config import Settings
+from rolekeeper.errors import RolekeeperError
+from rolekeeper.notify import notify
+from rolekeeper.reconcile import (
+    GrantSpec,
+    LinkedRoleSpec,
+    RoleSpec,
+    canonical,
+    converge_grant,
+    converge_linked_role,
+    converge_role,
+    merged_trust,
+)
+from rolekeeper.registry import Record, Registry, role_key
+
+logger = Logger(child=True)
+
+# DeleteServiceLinkedRole finishes asynchronously; wait this long (in these steps) for its task.
+DELETION_POLL_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
+LEASE_SECONDS = 120
+sleep: Callable[[float], None] = time.sleep
+
+
+class RetryLater(RolekeeperError):
+    """Not done yet (a deletion still in progress); raising lets Lambda's async retry come back."""
+
+
+@dataclass
+class Result:
+    outcome: str  # healed | healthy | ignored | reported | suppressed | coalesced | in-use | failed
+    name: str
+    detail: str = ""
+    changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Actual:
+    """What IAM holds for a role, as GetRole (or GetAccountAuthorizationDetails) reports it."""
+
+    role: dict[str, Any] | None
+    attached: set[str] = field(default_factory=set)
+    profiles: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_details(cls, detail: dict[str, Any]) -> Actual:
+        return cls(
+            role=detail,
+            attached={p["PolicyArn"] for p in detail.get("AttachedManagedPolicies", [])},
+            profiles={
+                p["InstanceProfileName"]
+                for p in detail.get("InstanceProfileList", [])
+                if any(r["RoleName"] == detail["RoleName"] for r in p.get("Roles", []))
+            },
+        )
+
+    @classmethod
+    def read(cls, name: str, *, with_pieces: bool) -> Actual:
+        role = iam.get_role(name)
+        if role is None or not with_pieces:
+            return cls(role=role)
+        profiles = aws.iam().list_instance_profiles_for_role(RoleName=name)["InstanceProfiles"]
+        return cls(role=role, attached=iam.attached_policies(name), profiles={p["InstanceProfileName"] for p in profiles})
+
+
+def drift(record: Record, actual: Actual) -> list[str]:
+    """What differs from the recorded desired state (additive only: never what others added)."""
+    if actual.role is None:
+        return ["role missing"]
+    if record.kind != "role":
+        return []
+    spec = RoleSpec.from_dict(record.desired)
+    problems = [f"policy {arn} detached" for arn in spec.policy_arns if arn not in actual.attached]
+    current = actual.role.get("AssumeRolePolicyDocument") or {}
+    if canonical(merged_trust(current, spec.trust_statement, spec.principals)) != canonical(current):
+        problems.append("trust policy changed")
+    if spec.instance_profile and spec.name not in actual.profiles:
+        problems.append("instance profile missing or role removed from it")
+    return problems
+
+
+class Healer:
+    def __init__(self, settings: Settings, registry: Registry, now: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.now = now
+
+    @property
+    def reporting(self) -> bool:
+        return self.settings.heal_mode == "report"
+
+    def _eligible(self, record: Record | None, name: str) -> Result | None:
+        if record is None:
+            return Result("ignored", name, "not registered")
+        if not record.claims:
+            return Result("ignored", name, "no stack claims it")
+        if not record.healable:
+            return Result("ignored", name, "healing is off (Heal: false)")
+        return None
+
+    # --- roles ----------------------------------------------------------------------------------
+
+    def heal_role(self, name: str, *, deletion_task_id: str | None = None, actual: Actual | None = None) -> Result:
+        record = self.registry.get(role_key(name))
+        if (ignored := self._eligible(record, name)) is not None:
+            return ignored
+        assert record is not None  # noqa: S101 - _eligible returned None
+        if deletion_task_id and (in_use := self._await_deletion(name, deletion_task_id)):
+            return in_use
+        actual = actual or Actual.read(name, with_pieces=record.kind == "role")
+        problems = drift(record, actual)
+        if not problems:
+            return Result("healthy", name)
+        return self._repair(record, name, problems)
+
+    def _await_deletion(self, name: str, task_id: str) -> Result | None:
+        for delay in DELETION_POLL_DELAYS:
+            status, reason = iam.deletion_status(task_id)
+            if status == "SUCCEEDED":
+                return None
+            if status == "FAILED":
+                return Result("in-use", name, f"deletion failed, nothing to heal: {reason}")
+            sleep(delay)
+        raise RetryLater(f"deletion of {name} still in progress ({task_id})")
+
+    def _repair(self, record: Record, name: str, problems: list[str]) -> Result:
+        summary = ", ".join(problems)
+        if self.reporting:
+            notify(self.settings.notification_topic_arn, f"rolekeeper would heal {name}", f"{name}: {summary} (HealMode report)")
+            return Result("reported", name, summary)
+        lease = self.registry.begin_heal(record.key, now=self.now(), lease_seconds=LEASE_SECONDS, limit=self.settings.heal_rate_limit)
+        if lease == "busy":
+            return Result("coalesced", name, "another invocation is healing it")
+        if lease == "limited":
+            message = f"{name} was healed {self.settings.heal_rate_limit} times this hour; healing stopped for it: {summary}"
+            notify(self.settings.notification_topic_arn, f"rolekeeper stopped healing {name}", message)
+            return Result("suppressed", name, message)
+        try:
+            if record.kind == "slr":
+                outcome = converge_linked_role(LinkedRoleSpec.from_dict(record.desired))
+            else:
+                outcome = converge_role(RoleSpec.from_dict(record.desired), rollback=False, restore_trust=True)
+            self.registry.record(
+                record.key,
+                record.kind,
+                record.desired,
+                created_now=outcome.created,
+                attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
+            )
+            changes = [*outcome.changes]
+            if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
+                changes += self._reissue_grants(name)
+        finally:
+            self.registry.end_heal(record.key)
+        notify(self.settings.notification_topic_arn, f"rolekeeper healed {name}", f"{name}: {summary}; done: {', '.join(changes)}")
+        return Result("healed", name, summary, changes)
+
+    def _reissue_grants(self, role_name: str) -> list[str]:
+        """A recreated service-linked role has a new unique id: grants naming the old one are stale."""
+        grantee = iam.get_role(role_name)
+        if grantee is None:
+            return []
+        done = []
+        for grant in self.registry.grants_naming(role_name):
+            if not grant.claims or not grant.healable:
+                continue
+            spec = GrantSpec.from_dict(grant.desired)
+            stale = grant.attrs.get("grant_id", "")
+            outcome = converge_grant(spec, grantee)
+            self._record_grant(grant, outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id)
+            if stale and stale != outcome.grant_id:
+                kms.revoke_grant(spec.key_arn, stale)
+            done.append(f"grant re-issued on {spec.key_arn}")
+        return done
+
+    def _record_grant(self, grant: Record, grant_id: str, grantee_arn: str, grantee_role_id: str) -> None:
+        self.registry.record(
+            grant.key,
+            "grant",
+            grant.desired,
+            created_now=True,
+            attrs={**grant.attrs, "grant_id": grant_id, "grantee_arn": grantee_arn, "grantee_role_id": grantee_role_id},
+        )
+
+    # --- grants ---------------------------------------------------------------------------------
+
+    def heal_grant(self, grant_id: str, *, exists: bool | None = None) -> Result:
+        record = self.registry.grant_by_id(grant_id)
+        if (ignored := self._eligible(record, grant_id)) is not None:
+            return ignored
+        assert record is not None  # noqa: S101
+        spec = GrantSpec.from_dict(record.desired)
+        if exists is None:
+            exists = kms.grant_exists(spec.key_arn, grant_id)
+        if exists:
+            return Result("healthy", grant_id)
+        if self.reporting:
+            return Result("reported", grant_id, "grant retired or revoked")
+        grantee = iam.get_role(spec.grantee_role_name)
+        if grantee is None:
+            return Result("ignored", grant_id, f"{spec.grantee_role_name} is missing; its heal re-issues the grant")
+        lease = self.registry.begin_heal(record.key, now=self.now(), lease_seconds=LEASE_SECONDS, limit=self.settings.heal_rate_limit)
+        if lease != "go":
+            return Result("coalesced" if lease == "busy" else "suppressed", grant_id)
+        try:
+            outcome = converge_grant(spec, grantee)
+            self._record_grant(record, outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id)
+        finally:
+            self.registry.end_heal(record.key)
+        notify(self.settings.notification_topic_arn, "rolekeeper re-issued a KMS grant", f"{spec.key_arn}: grant {grant_id} replaced by {outcome.grant_id}")
+        return Result("healed", grant_id, "grant re-issued", [outcome.grant_id])
+
+    # --- the scheduled reconcile ----------------------------------------------------------------
+
+    def reconcile_all(self) -> list[Result]:
+        """Every registered object checked against IAM and KMS listed in pages, not one call each."""
+        records = [r for r in self.registry.all() if r.claims and r.healable]
+        roles: dict[str, dict[str, Any]] = {}
+        if any(r.kind in ("slr", "role") for r in records):
+            paginator = aws.iam().get_paginator("get_account_authorization_details")
+            for page in paginator.paginate(Filter=["Role"]):
+                for detail in page["RoleDetailList"]:
+                    roles[detail["RoleName"].lower()] = detail
+        grants_by_key: dict[str, set[str]] = {}
+        results = []
+        for record in records:
+            try:
+                if record.kind == "grant":
+                    key_arn = record.attrs["key_arn"]
+                    if key_arn not in grants_by_key:
+                        grants_by_key[key_arn] = kms.grant_ids(key_arn)
+                    grant_id = record.attrs["grant_id"]
+                    results.append(self.heal_grant(grant_id, exists=grant_id in grants_by_key[key_arn]))
+                else:
+                    name = record.attrs.get("name") or record.key.split("#", 1)[1]
+                    detail = roles.get(name.lower())
+                    actual = Actual.from_details(detail) if detail else Actual(role=None)
+                    results.append(self.heal_role(name, actual=actual))
+            except Exception as error:  # one object's failure must not stop the others
+                logger.exception("reconcile failed for object", key=record.key)
+                results.append(Result("failed", record.key, f"{type(error).__name__}: {error}"))
+        return results

@@ -1,0 +1,326 @@
+"""HealerFunction end to end: CloudTrail events and the schedule, under AWS-like moto."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+from typing import Any
+
+import boto3
+import pytest
+
+from rolekeeper.registry import Registry, role_key
+from tests.conftest import EVENTS, LambdaContext
+
+ECS = "ecsInstanceRole"
+SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
+ECS_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
+
+
+def event(name: str, **detail: Any) -> dict[str, Any]:
+    data = json.loads((EVENTS / name).read_text())
+    for key, value in detail.items():
+        if isinstance(value, dict) and isinstance(data["detail"].get(key), dict):
+            data["detail"][key].update(value)
+        else:
+            data["detail"][key] = value
+    return data
+
+
+@pytest.fixture
+def heal(aws, monkeypatch):
+    """Deliver an event to the healer as EventBridge would."""
+    from rolekeeper import healing
+    from rolekeeper.handlers import healer
+
+    healer.healer.cache_clear()
+    monkeypatch.setattr(healing, "sleep", lambda _s: None)
+    notices: list[tuple[str, str]] = []
+    monkeypatch.setattr(healing, "notify", lambda _topic, subject, message: notices.append((subject, message)))
+
+    def deliver(payload: dict[str, Any]) -> dict[str, Any]:
+        return healer.lambda_handler(copy.deepcopy(payload), LambdaContext(function_name="rolekeeper-HealerFunction"))
+
+    deliver.notices = notices  # type: ignore[attr-defined]
+    yield deliver
+    healer.healer.cache_clear()
+
+
+def iam():
+    return boto3.client("iam")
+
+
+def registry() -> Registry:
+    return Registry(os.environ["REGISTRY_TABLE_NAME"])
+
+
+def delete_ecs_role_by_hand() -> None:
+    client = iam()
+    client.remove_role_from_instance_profile(InstanceProfileName=ECS, RoleName=ECS)
+    client.delete_instance_profile(InstanceProfileName=ECS)
+    client.detach_role_policy(RoleName=ECS, PolicyArn=ECS_POLICY)
+    client.delete_role(RoleName=ECS)
+
+
+def test_healer_recreates_deleted_role_with_policy_and_profile(stack, heal):
+    created = stack.send("role-ecs-instance-create.json")
+    delete_ecs_role_by_hand()
+    result = heal(event("heal-delete-role.json"))
+    assert result["outcome"] == "healed"
+    role = iam().get_role(RoleName=ECS)["Role"]
+    assert role["RoleId"] != created["Data"]["RoleId"]
+    attached = [p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=ECS)["AttachedPolicies"]]
+    assert attached == [ECS_POLICY]
+    profile = iam().get_instance_profile(InstanceProfileName=ECS)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [ECS]
+    assert heal.notices and "healed ecsInstanceRole" in heal.notices[0][0]
+
+
+def test_healer_ignores_roles_it_does_not_hold(aws, heal):
+    result = heal(event("heal-delete-role.json"))
+    assert result["outcome"] == "ignored"
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+
+
+def test_healer_respects_heal_false(stack, heal):
+    stack.send("role-ecs-instance-create.json", props={"Heal": "false"})
+    delete_ecs_role_by_hand()
+    assert heal(event("heal-delete-role.json"))["outcome"] == "ignored"
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+
+
+def test_healer_never_undoes_the_custom_resource_delete(stack, heal):
+    created = stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
+    stack.send("role-ecs-instance-delete.json", props={"OnDelete": "Delete"}, PhysicalResourceId=created["PhysicalResourceId"])
+    for name in ("heal-remove-role-from-instance-profile.json", "heal-delete-instance-profile.json", "heal-detach-role-policy.json", "heal-delete-role.json"):
+        assert heal(event(name))["outcome"] == "ignored"
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+
+
+def test_healer_reattaches_detached_policy(stack, heal):
+    stack.send("role-ecs-instance-create.json")
+    iam().detach_role_policy(RoleName=ECS, PolicyArn=ECS_POLICY)
+    assert heal(event("heal-detach-role-policy.json"))["outcome"] == "healed"
+    assert [p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=ECS)["AttachedPolicies"]] == [ECS_POLICY]
+
+
+def test_healer_puts_role_back_into_its_instance_profile(stack, heal):
+    stack.send("role-ecs-instance-create.json")
+    iam().remove_role_from_instance_profile(InstanceProfileName=ECS, RoleName=ECS)
+    assert heal(event("heal-remove-role-from-instance-profile.json"))["outcome"] == "healed"
+    profile = iam().get_instance_profile(InstanceProfileName=ECS)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [ECS]
+
+
+def test_healer_recreates_deleted_instance_profile(stack, heal):
+    stack.send("role-ecs-instance-create.json")
+    iam().remove_role_from_instance_profile(InstanceProfileName=ECS, RoleName=ECS)
+    iam().delete_instance_profile(InstanceProfileName=ECS)
+    assert heal(event("heal-delete-instance-profile.json"))["outcome"] == "healed"
+    profile = iam().get_instance_profile(InstanceProfileName=ECS)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [ECS]
+
+
+def test_healer_restores_trust_policy_keeping_other_statements(stack, heal):
+    stack.send("role-spot-fleet-tagging-create.json")
+    name = "aws-ec2-spot-fleet-tagging-role"
+    damaged = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+    iam().update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(damaged))
+    assert heal(event("heal-update-assume-role-policy.json"))["outcome"] == "healed"
+    statements = iam().get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]["Statement"]
+    services = [s["Principal"]["Service"] for s in statements]
+    assert "spotfleet.amazonaws.com" in services and "ec2.amazonaws.com" in services
+    spot = next(s for s in statements if s["Principal"]["Service"] == "spotfleet.amazonaws.com")
+    assert spot["Condition"]["StringEquals"]["aws:SourceAccount"] == "123456789012"
+
+
+@pytest.fixture
+def spot_fleet_with_grant(aws, stack):
+    slr = stack.send("slr-create.json")
+    key_arn = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    grant = stack.send("grant-create.json", props={"KeyId": key_arn})
+    assert grant["Status"] == "SUCCESS", grant["Reason"]
+    return slr, key_arn, grant
+
+
+def test_healer_waits_for_slr_deletion_then_recreates_and_reissues_grant(spot_fleet_with_grant, heal, deletion_tasks, monkeypatch, stack):
+    from rolekeeper import healing
+
+    slr, key_arn, grant = spot_fleet_with_grant
+    deletion_tasks.asynchronous = True
+    task_id = iam().delete_service_linked_role(RoleName=SPOT_FLEET)["DeletionTaskId"]
+    polls: list[float] = []
+
+    def finish_while_waiting(delay: float) -> None:
+        polls.append(delay)
+        deletion_tasks.finish()  # IAM completes the deletion while the healer waits
+
+    monkeypatch.setattr(healing, "sleep", finish_while_waiting)
+    result = heal(event("heal-delete-service-linked-role.json", responseElements={"deletionTaskId": task_id}))
+    assert result["outcome"] == "healed"
+    assert polls == [1.0]
+    role = iam().get_role(RoleName=SPOT_FLEET)["Role"]
+    assert role["RoleId"] != slr["Data"]["RoleId"]
+    (current,) = boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]
+    assert current["GrantId"] != grant["Data"]["GrantId"]
+    assert role["RoleId"] in current["Name"]
+    # The stack's later Delete still removes the re-issued grant
+    stack.send("grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=grant["PhysicalResourceId"])
+    assert boto3.client("kms").list_grants(KeyId=key_arn)["Grants"] == []
+
+
+def test_healer_leaves_slr_whose_deletion_failed_in_use(spot_fleet_with_grant, heal, deletion_tasks):
+    slr, _key, _grant = spot_fleet_with_grant
+    deletion_tasks.fail_next_with_in_use = True
+    task_id = iam().delete_service_linked_role(RoleName=SPOT_FLEET)["DeletionTaskId"]
+    result = heal(event("heal-delete-service-linked-role.json", responseElements={"deletionTaskId": task_id}))
+    assert result["outcome"] == "in-use"
+    assert iam().get_role(RoleName=SPOT_FLEET)["Role"]["RoleId"] == slr["Data"]["RoleId"]
+
+
+def test_healer_retries_later_when_deletion_is_still_in_progress(spot_fleet_with_grant, heal, deletion_tasks):
+    from rolekeeper.healing import RetryLater
+
+    deletion_tasks.asynchronous = True
+    task_id = iam().delete_service_linked_role(RoleName=SPOT_FLEET)["DeletionTaskId"]
+    with pytest.raises(RetryLater):
+        heal(event("heal-delete-service-linked-role.json", responseElements={"deletionTaskId": task_id}))
+
+
+def test_healer_reissues_retired_grant(spot_fleet_with_grant, heal):
+    _slr, key_arn, grant = spot_fleet_with_grant
+    grant_id = grant["Data"]["GrantId"]
+    boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=grant_id)
+    retire = event("heal-retire-grant.json", additionalEventData={"grantId": grant_id}, resources=[{"type": "AWS::KMS::Key", "ARN": key_arn, "accountId": "123456789012"}])
+    assert heal(retire)["outcome"] == "healed"
+    (current,) = boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]
+    assert current["GrantId"] != grant_id
+    # The revoke of the stale id arriving later is ignored (no longer registered under it)
+    revoke = event("heal-revoke-grant.json", requestParameters={"keyId": key_arn, "grantId": grant_id})
+    assert heal(revoke)["outcome"] == "ignored"
+
+
+def test_healer_burst_of_50_events_recreates_once(stack, heal, monkeypatch):
+    from rolekeeper import iam as iam_ops
+
+    stack.send("role-ecs-instance-create.json")
+    delete_ecs_role_by_hand()
+    creates: list[str] = []
+    real_create = iam_ops.create_role
+    monkeypatch.setattr(iam_ops, "create_role", lambda *a, **k: (creates.append(a[0]), real_create(*a, **k))[1])
+    payload = event("heal-delete-role.json")
+    outcomes = [heal(payload)["outcome"] for _ in range(50)]
+    assert creates == [ECS]
+    assert outcomes.count("healed") == 1
+    assert set(outcomes) == {"healed", "healthy"}
+
+
+def test_healer_concurrent_invocations_heal_once_without_errors(stack, heal, monkeypatch):
+    from rolekeeper import iam as iam_ops
+
+    stack.send("role-ecs-instance-create.json")
+    delete_ecs_role_by_hand()
+    creates: list[str] = []
+    real_create = iam_ops.create_role
+    monkeypatch.setattr(iam_ops, "create_role", lambda *a, **k: (creates.append(a[0]), real_create(*a, **k))[1])
+    payload = event("heal-delete-role.json")
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(heal(payload)["outcome"])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert creates == [ECS]
+    assert outcomes.count("healed") == 1
+    assert set(outcomes) <= {"healed", "healthy", "coalesced"}
+
+
+def test_healer_rate_limit_stops_and_alerts(stack, heal, monkeypatch):
+    from rolekeeper import config
+
+    monkeypatch.setenv("HEAL_RATE_LIMIT", "2")
+    config.settings.cache_clear()
+    stack.send("role-ecs-instance-create.json")
+    outcomes = []
+    for _ in range(3):
+        delete_ecs_role_by_hand()
+        outcomes.append(heal(event("heal-delete-role.json"))["outcome"])
+    assert outcomes == ["healed", "healed", "suppressed"]
+    assert any("stopped healing" in subject for subject, _ in heal.notices)
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+
+
+def test_healer_report_mode_changes_nothing(stack, heal, monkeypatch):
+    from rolekeeper import config
+
+    monkeypatch.setenv("HEAL_MODE", "report")
+    config.settings.cache_clear()
+    stack.send("role-ecs-instance-create.json")
+    delete_ecs_role_by_hand()
+    result = heal(event("heal-delete-role.json"))
+    assert result["outcome"] == "reported"
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+    assert any("would heal" in subject for subject, _ in heal.notices)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(lambda: {**event("heal-delete-role.json"), "account": "999999999999"}, id="other-account"),
+        pytest.param(lambda: event("heal-delete-role.json", recipientAccountId="999999999999"), id="other-recipient"),
+        pytest.param(lambda: event("heal-delete-role-failed.json"), id="failed-call"),
+        pytest.param(lambda: {"hello": "world"}, id="not-eventbridge"),
+        pytest.param(lambda: {**event("heal-delete-role.json"), "detail": "oops"}, id="detail-not-object"),
+        pytest.param(lambda: event("heal-delete-role.json", eventName="CreateRole"), id="unwatched-name"),
+        pytest.param(lambda: ["not", "a", "dict"], id="list"),
+    ],
+)
+def test_healer_drops_foreign_and_malformed_events_without_raising(stack, heal, payload):
+    stack.send("role-ecs-instance-create.json")
+    delete_ecs_role_by_hand()
+    result = heal(payload())
+    assert result["outcome"] == "dropped"
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+
+
+def test_scheduled_reconcile_repairs_what_events_missed(stack, heal, monkeypatch):
+    from rolekeeper import aws as aws_clients
+
+    stack.send("role-ecs-instance-create.json")
+    stack.send("role-batch-service-create.json")
+    stack.send("slr-create.json")
+    stack.send("role-spot-fleet-tagging-create.json")
+    delete_ecs_role_by_hand()
+    iam().detach_role_policy(RoleName="AWSBatchServiceRole", PolicyArn="arn:aws:iam::aws:policy/service-role/AWSBatchServiceRole")
+    calls: list[str] = []
+    aws_clients.iam().meta.events.register("before-call.iam.*", lambda model, **_: calls.append(model.name))
+    result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
+    assert result["outcome"] == "reconciled"
+    assert result["healed"] == 2 and result["healthy"] == 2
+    assert "GetRole" not in calls[: calls.index("GetAccountAuthorizationDetails") + 1]
+    assert calls.count("GetAccountAuthorizationDetails") == 1
+    assert iam().get_role(RoleName=ECS)
+    assert [p["PolicyName"] for p in iam().list_attached_role_policies(RoleName="AWSBatchServiceRole")["AttachedPolicies"]] == ["AWSBatchServiceRole"]
+
+
+def test_scheduled_reconcile_reissues_missing_grant(spot_fleet_with_grant, heal):
+    _slr, key_arn, grant = spot_fleet_with_grant
+    boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=grant["Data"]["GrantId"])
+    result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
+    assert result["healed"] == 1
+    assert len(boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]) == 1
+    assert registry().get(role_key(SPOT_FLEET)) is not None
