@@ -40,9 +40,8 @@ lint: dev tools
 	$(VENV)/bin/mypy
 	$(SAM) validate --lint --template template.yaml
 	$(TOOLS)/sam/bin/cfn-lint template.yaml examples/*.yaml
-	$(CHECKOV) --quiet --compact --framework cloudformation --file template.yaml --file examples/iam-events-forwarder.yaml
-	$(PY) -m tools.policies | $(PARLIAMENT) --minimal --config tools/parliament.yaml --file /dev/stdin --json 2>/dev/null \
-		| tee /dev/stderr | (! grep -q .)
+	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation --file template.yaml --file examples/iam-events-forwarder.yaml
+	$(PY) -m tools.policies | $(TOOLS)/parliament/bin/python tools/parliament_check.py
 
 format: dev
 	$(VENV)/bin/ruff format .

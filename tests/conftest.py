@@ -35,11 +35,11 @@ os.environ.update(
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
 
-import boto3  # noqa: E402
-import pytest  # noqa: E402
-from moto import mock_aws  # noqa: E402
+import boto3
+import pytest
+from moto import mock_aws
 
-from tests import fidelity  # noqa: E402
+from tests import fidelity
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -81,7 +81,9 @@ def reset_clients() -> None:
 def create_registry_table() -> None:
     from rolekeeper.registry import TABLE_SCHEMA
 
-    boto3.client("dynamodb").create_table(TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA))
+    boto3.client("dynamodb").create_table(
+        TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA)
+    )
 
 
 @pytest.fixture

@@ -68,7 +68,9 @@ def install(monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks) -> None:
         if suffix:
             name = f"{name}_{suffix}"
         if name.lower() in {n.lower() for n in self.roles_by_name()}:
-            raise InvalidInput(f"Service role name {name} has been taken in this account, please try a different suffix.")
+            raise InvalidInput(
+                f"Service role name {name} has been taken in this account, please try a different suffix."
+            )
         role = original_create(self, service_name, description, suffix)
         role.name = name
         return role
@@ -95,7 +97,12 @@ def install(monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks) -> None:
         if status == "FAILED":
             result["Reason"] = {
                 "Reason": "The role is in use by active resources.",
-                "RoleUsageList": [{"Region": "us-east-1", "Resources": ["arn:aws:ec2:us-east-1:123456789012:spot-fleet-request/sfr-1"]}],
+                "RoleUsageList": [
+                    {
+                        "Region": "us-east-1",
+                        "Resources": ["arn:aws:ec2:us-east-1:123456789012:spot-fleet-request/sfr-1"],
+                    }
+                ],
             }
         return ActionResult(result)
 
@@ -117,7 +124,13 @@ def install(monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks) -> None:
         key = self.describe_key(key_id)
         if name:
             for grant in key.grants.values():
-                if (grant.name, grant.grantee_principal, sorted(grant.operations), grant.constraints, grant.retiring_principal) == (
+                if (
+                    grant.name,
+                    grant.grantee_principal,
+                    sorted(grant.operations),
+                    grant.constraints,
+                    grant.retiring_principal,
+                ) == (
                     name,
                     grantee_principal,
                     sorted(operations),
@@ -125,7 +138,9 @@ def install(monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks) -> None:
                     retiring_principal,
                 ):
                     return grant.id, secrets.token_hex(32)
-        grant_id, token = original_grant(self, key_id, grantee_principal, operations, name, constraints, retiring_principal)
+        grant_id, token = original_grant(
+            self, key_id, grantee_principal, operations, name, constraints, retiring_principal
+        )
         grant = key.grants.pop(grant_id)
         grant.id = secrets.token_hex(32)
         key.grants[grant.id] = grant

@@ -25,12 +25,16 @@ class Demo:
         self.receiver = receiver
         self.failures = 0
 
-    def request(self, event_file: str, stack: str, logical_id: str | None = None, **changes: Any) -> dict[str, Any]:
+    def request(
+        self, event_file: str, stack: str, logical_id: str | None = None, **changes: Any
+    ) -> dict[str, Any]:
         from rolekeeper.handlers.custom_resource import lambda_handler
 
         event = json.loads((EVENTS / event_file).read_text())
         request_id = str(uuid.uuid4())
-        event["StackId"] = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{stack}/{uuid.uuid5(uuid.NAMESPACE_DNS, stack)}"
+        event["StackId"] = (
+            f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{stack}/{uuid.uuid5(uuid.NAMESPACE_DNS, stack)}"
+        )
         event["RequestId"] = request_id
         event["ResponseURL"] = self.receiver.url(request_id)
         if logical_id:
@@ -44,7 +48,9 @@ class Demo:
             lambda_handler(event, Context())
         body = self.receiver.bodies[request_id]
         status = body["Status"]
-        print(f"  {event['RequestType']:6} {event['ResourceType']:26} {stack}/{event['LogicalResourceId']:26} -> {status}")
+        print(
+            f"  {event['RequestType']:6} {event['ResourceType']:26} {stack}/{event['LogicalResourceId']:26} -> {status}"
+        )
         if status != "SUCCESS":
             self.failures += 1
             print(f"         Reason: {body['Reason']}")
@@ -63,16 +69,24 @@ def state(title: str, key_arn: str | None = None) -> None:
     print(f"\n  AWS now ({title}):")
     roles = boto3.client("iam").get_paginator("list_roles").paginate()
     for role in (r for page in roles for r in page["Roles"]):
-        policies = boto3.client("iam").list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"]
+        policies = boto3.client("iam").list_attached_role_policies(RoleName=role["RoleName"])[
+            "AttachedPolicies"
+        ]
         names = ", ".join(p["PolicyName"] for p in policies) or "-"
         print(f"    role {role['Path']}{role['RoleName']}  id {role['RoleId']}  policies: {names}")
     for profile in boto3.client("iam").list_instance_profiles()["InstanceProfiles"]:
-        print(f"    instance profile {profile['InstanceProfileName']} holds {[r['RoleName'] for r in profile['Roles']]}")
+        print(
+            f"    instance profile {profile['InstanceProfileName']} holds {[r['RoleName'] for r in profile['Roles']]}"
+        )
     if key_arn:
         for grant in boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]:
-            print(f"    grant {grant['GrantId'][:16]}... to {grant['GranteePrincipal'].rsplit('/', 1)[1]}: {', '.join(sorted(grant['Operations']))}")
+            print(
+                f"    grant {grant['GrantId'][:16]}... to {grant['GranteePrincipal'].rsplit('/', 1)[1]}: {', '.join(sorted(grant['Operations']))}"
+            )
     for record in Registry(settings().registry_table_name).all():
-        print(f"    registry {record.key}: created by rolekeeper={record.created}, claims={len(record.claims)}")
+        print(
+            f"    registry {record.key}: created by rolekeeper={record.created}, claims={len(record.claims)}"
+        )
     print()
 
 
@@ -85,7 +99,9 @@ def main() -> int:
         import boto3
 
         demo = Demo(receiver)
-        print(f"rolekeeper demo: moto at {boto3.client('iam').meta.endpoint_url}, responses to 127.0.0.1:{receiver.port}\n")
+        print(
+            f"rolekeeper demo: moto at {boto3.client('iam').meta.endpoint_url}, responses to 127.0.0.1:{receiver.port}\n"
+        )
 
         print("1. Stack 'platform' creates both Spot service-linked roles")
         spot_fleet = demo.request("slr-create.json", "platform", props={"OnDelete": "Delete"})
@@ -100,7 +116,14 @@ def main() -> int:
         analytics = demo.request("slr-create.json", "analytics", props={"OnDelete": "Delete"})
 
         print("\n4. Stack 'platform' narrows the grant's operations: a new grant, the old one retired")
-        narrower = ["Decrypt", "DescribeKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom", "ReEncryptTo", "CreateGrant"]
+        narrower = [
+            "Decrypt",
+            "DescribeKey",
+            "GenerateDataKeyWithoutPlaintext",
+            "ReEncryptFrom",
+            "ReEncryptTo",
+            "CreateGrant",
+        ]
         new_grant = demo.request(
             "grant-update.json",
             "platform",
@@ -108,19 +131,50 @@ def main() -> int:
             old_props={"KeyId": key_arn},
             PhysicalResourceId=grant["PhysicalResourceId"],
         )
-        demo.request("grant-delete.json", "platform", props={"KeyId": key_arn}, PhysicalResourceId=grant["PhysicalResourceId"])
+        demo.request(
+            "grant-delete.json",
+            "platform",
+            props={"KeyId": key_arn},
+            PhysicalResourceId=grant["PhysicalResourceId"],
+        )
 
         print("\n5. The ECS instance role from the AWS Batch guide, with its instance profile")
         ecs = demo.request("role-ecs-instance-create.json", "platform", props={"OnDelete": "Delete"})
         state("after update and ecsInstanceRole", key_arn)
 
         print("6. Delete both stacks")
-        demo.request("grant-delete.json", "platform", props={"KeyId": key_arn}, PhysicalResourceId=new_grant["PhysicalResourceId"])
-        demo.request("role-ecs-instance-delete.json", "platform", props={"OnDelete": "Delete"}, PhysicalResourceId=ecs["PhysicalResourceId"])
-        demo.request("slr-spot-create.json", "platform", RequestType="Delete", props={"OnDelete": "Delete"}, PhysicalResourceId=spot["PhysicalResourceId"])
-        demo.request("slr-delete.json", "platform", props={"OnDelete": "Delete"}, PhysicalResourceId=spot_fleet["PhysicalResourceId"])
+        demo.request(
+            "grant-delete.json",
+            "platform",
+            props={"KeyId": key_arn},
+            PhysicalResourceId=new_grant["PhysicalResourceId"],
+        )
+        demo.request(
+            "role-ecs-instance-delete.json",
+            "platform",
+            props={"OnDelete": "Delete"},
+            PhysicalResourceId=ecs["PhysicalResourceId"],
+        )
+        demo.request(
+            "slr-spot-create.json",
+            "platform",
+            RequestType="Delete",
+            props={"OnDelete": "Delete"},
+            PhysicalResourceId=spot["PhysicalResourceId"],
+        )
+        demo.request(
+            "slr-delete.json",
+            "platform",
+            props={"OnDelete": "Delete"},
+            PhysicalResourceId=spot_fleet["PhysicalResourceId"],
+        )
         print("   (the Spot Fleet role stays: stack 'analytics' still claims it)")
-        demo.request("slr-delete.json", "analytics", props={"OnDelete": "Delete"}, PhysicalResourceId=analytics["PhysicalResourceId"])
+        demo.request(
+            "slr-delete.json",
+            "analytics",
+            props={"OnDelete": "Delete"},
+            PhysicalResourceId=analytics["PhysicalResourceId"],
+        )
         print("   (last claim released: deletion of the service-linked role submitted)")
         state("after deleting both stacks", key_arn)
 

@@ -121,7 +121,9 @@ def embedded_aws(asynchronous_slr_deletion: bool = False, **environment: str) ->
 
         aws.client.cache_clear()
         settings.cache_clear()
-        boto3.client("dynamodb").create_table(TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA))
+        boto3.client("dynamodb").create_table(
+            TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA)
+        )
         yield tasks
     finally:
         server.stop()

@@ -44,7 +44,9 @@ def _url_allowed(url: str) -> bool:
     return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
-def send_response(url: str, body: dict[str, Any], *, attempts: int = 3, timeout: float = 5.0, deadline: float | None = None) -> bool:
+def send_response(
+    url: str, body: dict[str, Any], *, attempts: int = 3, timeout: float = 5.0, deadline: float | None = None
+) -> bool:
     """PUT the response to the pre-signed URL; bounded attempts, never logs the URL."""
     data = json.dumps(body).encode()
     host = urlsplit(url).hostname or "?"
@@ -58,7 +60,9 @@ def send_response(url: str, body: dict[str, Any], *, attempts: int = 3, timeout:
         try:
             with urllib.request.urlopen(request, timeout=min(timeout, remaining)) as reply:  # noqa: S310
                 if reply.status < 300:
-                    logger.info("response delivered", status=body["Status"], http_status=reply.status, attempt=attempt)
+                    logger.info(
+                        "response delivered", status=body["Status"], http_status=reply.status, attempt=attempt
+                    )
                     return True
                 logger.warning("response refused", http_status=reply.status, host=host, attempt=attempt)
         except urllib.error.HTTPError as error:
@@ -161,7 +165,9 @@ class CustomResource(CfnResource):
         self.StackId = str(event.get("StackId", ""))
         self.RequestId = str(event.get("RequestId", ""))
         self.LogicalResourceId = str(event.get("LogicalResourceId", ""))
-        self.PhysicalResourceId = str(event.get("PhysicalResourceId") or f"rolekeeper-rejected-{self.RequestId[:36]}")
+        self.PhysicalResourceId = str(
+            event.get("PhysicalResourceId") or f"rolekeeper-rejected-{self.RequestId[:36]}"
+        )
         url = event.get("ResponseURL")
         self._response_url = url if isinstance(url, str) and _url_allowed(url) else ""
         logger.error("malformed request", problem=problem)
@@ -184,7 +190,9 @@ class CustomResource(CfnResource):
 
     def _timeout(self) -> None:
         logger.error("about to time out; answering FAILED")
-        self._send(FAILED, "rolekeeper ran out of time waiting for AWS (see its log); retry the stack operation")
+        self._send(
+            FAILED, "rolekeeper ran out of time waiting for AWS (see its log); retry the stack operation"
+        )
 
     def _send(self, status: str | None = None, reason: str = "", send_response: Any = None) -> None:
         with self._lock:
@@ -203,7 +211,9 @@ class CustomResource(CfnResource):
             "RequestId": self.RequestId,
             "LogicalResourceId": self.LogicalResourceId,
             "Reason": short_reason(reason if status else self.Reason),
-            "Data": {k: str(v) for k, v in (self.Data or {}).items()} if (status or self.Status) != FAILED else {},
+            "Data": {k: str(v) for k, v in (self.Data or {}).items()}
+            if (status or self.Status) != FAILED
+            else {},
             "NoEcho": self.NoEcho,
         }
         self.last_response = body
@@ -218,7 +228,7 @@ class CustomResource(CfnResource):
             return
         if self._sam_local:
             # sam local invoke: the ResponseURL in events/ is not a real pre-signed URL.
-            print(json.dumps(body, indent=2))  # noqa: T201
+            print(json.dumps(body, indent=2))
             return
         deadline = self._deadline - 0.5 if self._deadline else None
         self.sender(self._response_url, body, deadline=deadline)

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-
 # Names Custom::ServiceRole may create or adopt when ALLOWED_ROLE_NAMES is unset: the blueprints'
 # defaults and the name AWS Batch's documentation uses for the Spot Fleet role.
 DEFAULT_ROLE_NAMES = frozenset(

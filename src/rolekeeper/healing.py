@@ -71,7 +71,11 @@ class Actual:
         if role is None or not with_pieces:
             return cls(role=role)
         profiles = aws.iam().list_instance_profiles_for_role(RoleName=name)["InstanceProfiles"]
-        return cls(role=role, attached=iam.attached_policies(name), profiles={p["InstanceProfileName"] for p in profiles})
+        return cls(
+            role=role,
+            attached=iam.attached_policies(name),
+            profiles={p["InstanceProfileName"] for p in profiles},
+        )
 
 
 def drift(record: Record, actual: Actual) -> list[str]:
@@ -111,11 +115,13 @@ class Healer:
 
     # --- roles ----------------------------------------------------------------------------------
 
-    def heal_role(self, name: str, *, deletion_task_id: str | None = None, actual: Actual | None = None) -> Result:
+    def heal_role(
+        self, name: str, *, deletion_task_id: str | None = None, actual: Actual | None = None
+    ) -> Result:
         record = self.registry.get(role_key(name))
         if (ignored := self._eligible(record, name)) is not None:
             return ignored
-        assert record is not None  # noqa: S101 - _eligible returned None
+        assert record is not None
         if deletion_task_id and (in_use := self._await_deletion(name, deletion_task_id)):
             return in_use
         actual = actual or Actual.read(name, with_pieces=record.kind == "role")
@@ -137,20 +143,27 @@ class Healer:
     def _repair(self, record: Record, name: str, problems: list[str]) -> Result:
         summary = ", ".join(problems)
         if self.reporting:
-            notify(self.settings.notification_topic_arn, f"rolekeeper would heal {name}", f"{name}: {summary} (HealMode report)")
+            notify(
+                self.settings.notification_topic_arn,
+                f"rolekeeper would heal {name}",
+                f"{name}: {summary} (HealMode report)",
+            )
             return Result("reported", name, summary)
-        lease = self.registry.begin_heal(record.key, now=self.now(), lease_seconds=LEASE_SECONDS, limit=self.settings.heal_rate_limit)
-        if lease == "busy":
-            return Result("coalesced", name, "another invocation is healing it")
-        if lease == "limited":
-            message = f"{name} was healed {self.settings.heal_rate_limit} times this hour; healing stopped for it: {summary}"
-            notify(self.settings.notification_topic_arn, f"rolekeeper stopped healing {name}", message)
-            return Result("suppressed", name, message)
+        blocked = self._acquire(
+            record,
+            name,
+            summary,
+            lambda: bool(drift(record, Actual.read(name, with_pieces=record.kind == "role"))),
+        )
+        if blocked is not None:
+            return blocked
         try:
             if record.kind == "slr":
                 outcome = converge_linked_role(LinkedRoleSpec.from_dict(record.desired))
             else:
-                outcome = converge_role(RoleSpec.from_dict(record.desired), rollback=False, restore_trust=True)
+                outcome = converge_role(
+                    RoleSpec.from_dict(record.desired), rollback=False, restore_trust=True
+                )
             self.registry.record(
                 record.key,
                 record.kind,
@@ -163,8 +176,33 @@ class Healer:
                 changes += self._reissue_grants(name)
         finally:
             self.registry.end_heal(record.key)
-        notify(self.settings.notification_topic_arn, f"rolekeeper healed {name}", f"{name}: {summary}; done: {', '.join(changes)}")
+        notify(
+            self.settings.notification_topic_arn,
+            f"rolekeeper healed {name}",
+            f"{name}: {summary}; done: {', '.join(changes)}",
+        )
         return Result("healed", name, summary, changes)
+
+    def _acquire(
+        self, record: Record, name: str, summary: str, still_needed: Callable[[], bool]
+    ) -> Result | None:
+        """Take the heal lease, confirm the damage is still there, count the heal. None: go ahead
+        (the caller holds the lease and ends it); otherwise the reason not to heal now."""
+        if not self.registry.begin_heal(record.key, now=self.now(), lease_seconds=LEASE_SECONDS):
+            return Result("coalesced", name, "another invocation is healing it")
+        try:
+            if not still_needed():
+                self.registry.end_heal(record.key)
+                return Result("coalesced", name, "already healed by another invocation")
+            if not self.registry.count_heal(record.key, now=self.now(), limit=self.settings.heal_rate_limit):
+                self.registry.end_heal(record.key)
+                message = f"{name} was healed {self.settings.heal_rate_limit} times this hour; healing stopped for it: {summary}"
+                notify(self.settings.notification_topic_arn, f"rolekeeper stopped healing {name}", message)
+                return Result("suppressed", name, message)
+        except Exception:
+            self.registry.end_heal(record.key)
+            raise
+        return None
 
     def _reissue_grants(self, role_name: str) -> list[str]:
         """A recreated service-linked role has a new unique id: grants naming the old one are stale."""
@@ -190,7 +228,12 @@ class Healer:
             "grant",
             grant.desired,
             created_now=True,
-            attrs={**grant.attrs, "grant_id": grant_id, "grantee_arn": grantee_arn, "grantee_role_id": grantee_role_id},
+            attrs={
+                **grant.attrs,
+                "grant_id": grant_id,
+                "grantee_arn": grantee_arn,
+                "grantee_role_id": grantee_role_id,
+            },
         )
 
     # --- grants ---------------------------------------------------------------------------------
@@ -199,7 +242,7 @@ class Healer:
         record = self.registry.grant_by_id(grant_id)
         if (ignored := self._eligible(record, grant_id)) is not None:
             return ignored
-        assert record is not None  # noqa: S101
+        assert record is not None
         spec = GrantSpec.from_dict(record.desired)
         if exists is None:
             exists = kms.grant_exists(spec.key_arn, grant_id)
@@ -209,16 +252,24 @@ class Healer:
             return Result("reported", grant_id, "grant retired or revoked")
         grantee = iam.get_role(spec.grantee_role_name)
         if grantee is None:
-            return Result("ignored", grant_id, f"{spec.grantee_role_name} is missing; its heal re-issues the grant")
-        lease = self.registry.begin_heal(record.key, now=self.now(), lease_seconds=LEASE_SECONDS, limit=self.settings.heal_rate_limit)
-        if lease != "go":
-            return Result("coalesced" if lease == "busy" else "suppressed", grant_id)
+            return Result(
+                "ignored", grant_id, f"{spec.grantee_role_name} is missing; its heal re-issues the grant"
+            )
+        blocked = self._acquire(
+            record, grant_id, "grant retired or revoked", lambda: not kms.grant_exists(spec.key_arn, grant_id)
+        )
+        if blocked is not None:
+            return blocked
         try:
             outcome = converge_grant(spec, grantee)
             self._record_grant(record, outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id)
         finally:
             self.registry.end_heal(record.key)
-        notify(self.settings.notification_topic_arn, "rolekeeper re-issued a KMS grant", f"{spec.key_arn}: grant {grant_id} replaced by {outcome.grant_id}")
+        notify(
+            self.settings.notification_topic_arn,
+            "rolekeeper re-issued a KMS grant",
+            f"{spec.key_arn}: grant {grant_id} replaced by {outcome.grant_id}",
+        )
         return Result("healed", grant_id, "grant re-issued", [outcome.grant_id])
 
     # --- the scheduled reconcile ----------------------------------------------------------------
@@ -231,7 +282,7 @@ class Healer:
             paginator = aws.iam().get_paginator("get_account_authorization_details")
             for page in paginator.paginate(Filter=["Role"]):
                 for detail in page["RoleDetailList"]:
-                    roles[detail["RoleName"].lower()] = detail
+                    roles[detail["RoleName"].lower()] = dict(detail)
         grants_by_key: dict[str, set[str]] = {}
         results = []
         for record in records:
@@ -244,8 +295,8 @@ class Healer:
                     results.append(self.heal_grant(grant_id, exists=grant_id in grants_by_key[key_arn]))
                 else:
                     name = record.attrs.get("name") or record.key.split("#", 1)[1]
-                    detail = roles.get(name.lower())
-                    actual = Actual.from_details(detail) if detail else Actual(role=None)
+                    found = roles.get(name.lower())
+                    actual = Actual.from_details(found) if found else Actual(role=None)
                     results.append(self.heal_role(name, actual=actual))
             except Exception as error:  # one object's failure must not stop the others
                 logger.exception("reconcile failed for object", key=record.key)

@@ -60,7 +60,7 @@ def create_service_linked_role(service_name: str, suffix: str | None, descriptio
     if description:
         kwargs["Description"] = description
     try:
-        return aws.iam().create_service_linked_role(**kwargs)["Role"]["RoleName"]  # type: ignore[arg-type]
+        return aws.iam().create_service_linked_role(**kwargs)["Role"]["RoleName"]
     except ClientError as error:
         if already_exists(error):
             return None
@@ -86,7 +86,8 @@ def deletion_status(task_id: str) -> tuple[str, str]:
     result = aws.iam().get_service_linked_role_deletion_status(DeletionTaskId=task_id)
     reason = result.get("Reason", {})
     usage = "; ".join(
-        f"{u.get('Region', '?')}: {', '.join(u.get('Resources', []))}" for u in reason.get("RoleUsageList", [])
+        f"{u.get('Region', '?')}: {', '.join(u.get('Resources', []))}"
+        for u in reason.get("RoleUsageList", [])
     )
     return result["Status"], reason.get("Reason", "") + (f" (in use: {usage})" if usage else "")
 
@@ -206,6 +207,12 @@ def delete_instance_profile(name: str) -> None:
             raise
 
 
+def _delete_profile_if_empty(name: str) -> None:
+    profile = get_instance_profile(name)
+    if profile is not None and not profile.get("Roles"):
+        delete_instance_profile(name)
+
+
 def delete_role(name: str, own_profile: str | None) -> bool:
     """Deletes a regular role in the order IAM requires; pieces already gone are fine.
 
@@ -220,8 +227,10 @@ def delete_role(name: str, own_profile: str | None) -> bool:
         ]
         for profile in profiles:
             remove_from_profile(profile, name)
-        if own_profile:
+        if own_profile and own_profile in profiles:
             delete_instance_profile(own_profile)
+        elif own_profile:
+            _delete_profile_if_empty(own_profile)
         for policy_arn in attached_policies(name):
             detach(name, policy_arn)
         for page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
@@ -231,7 +240,7 @@ def delete_role(name: str, own_profile: str | None) -> bool:
     except ClientError as error:
         if not_found(error):
             if own_profile:
-                delete_instance_profile(own_profile)
+                _delete_profile_if_empty(own_profile)
             return False
         raise
     return True

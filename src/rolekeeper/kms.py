@@ -15,7 +15,9 @@ def describe_key(key_id: str) -> dict[str, Any]:
         return aws.kms().describe_key(KeyId=key_id)["KeyMetadata"]  # type: ignore[return-value]
     except ClientError as error:
         if aws.error_code(error) in ("NotFoundException", "InvalidArnException"):
-            raise InvalidRequest(f"KeyId {key_id} was not found (use a key ARN or a key id in this account)") from None
+            raise InvalidRequest(
+                f"KeyId {key_id} was not found (use a key ARN or a key id in this account)"
+            ) from None
         raise
 
 

@@ -13,7 +13,9 @@ from rolekeeper.errors import InvalidRequest
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{1,64}$")
 ROLE_PATH = re.compile(r"^/$|^/[\x21-\x7E]{1,510}/$")
 POLICY_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::(aws|\d{12}):policy/[\x21-\x7E]{1,1024}$")
-PRINCIPAL_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:(root|role/[\x21-\x7E]{1,575}|user/[\x21-\x7E]{1,575})$")
+PRINCIPAL_ARN = re.compile(
+    r"^arn:aws(-[a-z]+)*:iam::\d{12}:(root|role/[\x21-\x7E]{1,575}|user/[\x21-\x7E]{1,575})$"
+)
 KEY_UUID = r"(mrk-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 KEY_ARN = re.compile(rf"^arn:aws(-[a-z]+)*:kms:[a-z0-9-]{{1,32}}:\d{{12}}:key/{KEY_UUID}$")
 KEY_ID = re.compile(rf"^{KEY_UUID}$")
@@ -51,7 +53,9 @@ Bool = Annotated[bool, BeforeValidator(_bool)]
 OnDelete = Annotated[Literal["Retain", "Delete"], BeforeValidator(_on_delete)]
 RoleName = Annotated[str, _matching(ROLE_NAME, "1-64 of A-Z a-z 0-9 _+=,.@-")]
 RolePath = Annotated[str, _matching(ROLE_PATH, "/ or /segment/.../ of printable ASCII, at most 512")]
-PolicyArn = Annotated[str, _matching(POLICY_ARN, "an IAM policy ARN (arn:<partition>:iam::<account|aws>:policy/...)")]
+PolicyArn = Annotated[
+    str, _matching(POLICY_ARN, "an IAM policy ARN (arn:<partition>:iam::<account|aws>:policy/...)")
+]
 
 
 class _Properties(BaseModel):
@@ -60,7 +64,9 @@ class _Properties(BaseModel):
 
 class Tag(_Properties):
     key: Annotated[str, _matching(TAG_KEY, "1-128 letters, digits, spaces or _.:/=+-@"), Field(alias="Key")]
-    value: Annotated[str, _matching(TAG_VALUE, "0-256 letters, digits, spaces or _.:/=+-@"), Field(alias="Value")]
+    value: Annotated[
+        str, _matching(TAG_VALUE, "0-256 letters, digits, spaces or _.:/=+-@"), Field(alias="Value")
+    ]
 
     @field_validator("key")
     @classmethod
@@ -93,7 +99,9 @@ class ServiceRoleProperties(_Properties):
     blueprint: Annotated[str, Field(alias="Blueprint")]
     role_name: Annotated[RoleName | None, Field(alias="RoleName")] = None
     path: Annotated[RolePath, Field(alias="Path")] = "/"
-    managed_policy_arns: Annotated[tuple[PolicyArn, ...], Field(alias="ManagedPolicyArns", max_length=20)] = ()
+    managed_policy_arns: Annotated[
+        tuple[PolicyArn, ...], Field(alias="ManagedPolicyArns", max_length=20)
+    ] = ()
     instance_profile: Annotated[Bool | None, Field(alias="InstanceProfile")] = None
     confused_deputy_protection: Annotated[Bool | None, Field(alias="ConfusedDeputyProtection")] = None
     permissions_boundary: Annotated[PolicyArn | None, Field(alias="PermissionsBoundary")] = None
@@ -151,7 +159,9 @@ class SpotFleetKmsGrantProperties(_Properties):
     @classmethod
     def _key(cls, key_id: str) -> str:
         if not (KEY_ARN.match(key_id) or KEY_ID.match(key_id)):
-            raise ValueError("must be a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>) or key id")
+            raise ValueError(
+                "must be a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>) or key id"
+            )
         return key_id
 
     @field_validator("operations")
@@ -159,13 +169,17 @@ class SpotFleetKmsGrantProperties(_Properties):
     def _operations(cls, operations: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [op for op in operations if op not in GRANT_OPERATIONS]
         if unknown:
-            raise ValueError(f"unknown operation {unknown[0]!r}; allowed: {', '.join(DEFAULT_GRANT_OPERATIONS)}, ...")
+            raise ValueError(
+                f"unknown operation {unknown[0]!r}; allowed: {', '.join(DEFAULT_GRANT_OPERATIONS)}, ..."
+            )
         return tuple(dict.fromkeys(operations))
 
 
 Properties = ServiceLinkedRoleProperties | ServiceRoleProperties | SpotFleetKmsGrantProperties
 
-RESOURCE_TYPES: dict[str, type[ServiceLinkedRoleProperties | ServiceRoleProperties | SpotFleetKmsGrantProperties]] = {
+RESOURCE_TYPES: dict[
+    str, type[ServiceLinkedRoleProperties | ServiceRoleProperties | SpotFleetKmsGrantProperties]
+] = {
     "Custom::ServiceLinkedRole": ServiceLinkedRoleProperties,
     "Custom::ServiceRole": ServiceRoleProperties,
     "Custom::SpotFleetKmsGrant": SpotFleetKmsGrantProperties,
@@ -192,14 +206,18 @@ def describe(error: ValidationError, model: type[BaseModel]) -> str:
             problems.append(f"{where} is not a known property (known: {known})")
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
-            problems.append(f"{where} {message[0].lower()}{message[1:]}" if message else f"{where} is invalid")
+            problems.append(
+                f"{where} {message[0].lower()}{message[1:]}" if message else f"{where} is invalid"
+            )
     return "; ".join(problems)
 
 
 def parse(resource_type: str, properties: Any) -> Properties:
     model = RESOURCE_TYPES.get(resource_type)
     if model is None:
-        raise InvalidRequest(f"ResourceType {resource_type!r} is not served here; use one of {', '.join(RESOURCE_TYPES)}")
+        raise InvalidRequest(
+            f"ResourceType {resource_type!r} is not served here; use one of {', '.join(RESOURCE_TYPES)}"
+        )
     if properties is None:
         properties = {}
     if not isinstance(properties, dict):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -27,6 +27,7 @@ from rolekeeper.reconcile import (
     converge_grant,
     converge_linked_role,
     converge_role,
+    undo_created_role,
 )
 from rolekeeper.registry import Claim, Registry, grant_key, role_key
 
@@ -62,7 +63,12 @@ def _flag(value: bool) -> str:
 
 
 def _role_data(outcome: RoleOutcome, created: bool) -> dict[str, str]:
-    data = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id, "Created": _flag(created)}
+    data = {
+        "RoleName": outcome.name,
+        "Arn": outcome.arn,
+        "RoleId": outcome.role_id,
+        "Created": _flag(created),
+    }
     if outcome.instance_profile_name and outcome.instance_profile_arn:
         data["InstanceProfileName"] = outcome.instance_profile_name
         data["InstanceProfileArn"] = outcome.instance_profile_arn
@@ -100,7 +106,12 @@ class Provisioner:
         outcome = converge_linked_role(spec)
         claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete)
         created = self._record(
-            role_key(outcome.name), "slr", spec.to_dict(), outcome, claim, rollback=lambda: iam.delete_service_linked_role(outcome.name)
+            role_key(outcome.name),
+            "slr",
+            spec.to_dict(),
+            outcome,
+            claim,
+            rollback=lambda: iam.delete_service_linked_role(outcome.name),
         )
         logger.info("service-linked role converged", role_name=outcome.name, changes=outcome.changes)
         return Response(outcome.arn, _role_data(outcome, created))
@@ -116,7 +127,9 @@ class Provisioner:
                 f"{', '.join(sorted(self.settings.allowed_role_names))}"
             )
         if props.managed_policy_arns and not blueprint.takes_managed_policy_arns:
-            raise InvalidRequest(f"ManagedPolicyArns is only for Blueprint ec2-application, not {blueprint.name}")
+            raise InvalidRequest(
+                f"ManagedPolicyArns is only for Blueprint ec2-application, not {blueprint.name}"
+            )
         allowed = self.settings.allowed_managed_policy_arns
         for arn in props.managed_policy_arns:
             if arn not in allowed:
@@ -124,14 +137,20 @@ class Provisioner:
                     f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns "
                     f"({', '.join(sorted(allowed)) or 'empty'})"
                 )
-        for arn in (*props.managed_policy_arns, props.permissions_boundary):
-            if arn and arn.split(":")[1] != scope.partition:
-                raise InvalidRequest(f"{arn} is not in this partition ({scope.partition})")
+        for policy in (*props.managed_policy_arns, props.permissions_boundary):
+            if policy and policy.split(":")[1] != scope.partition:
+                raise InvalidRequest(f"{policy} is not in this partition ({scope.partition})")
         if props.confused_deputy_protection is not None and not blueprint.confused_deputy:
-            raise InvalidRequest(f"ConfusedDeputyProtection is only for Blueprint spot-fleet-tagging, not {blueprint.name}")
-        instance_profile = blueprint.instance_profile if props.instance_profile is None else props.instance_profile
+            raise InvalidRequest(
+                f"ConfusedDeputyProtection is only for Blueprint spot-fleet-tagging, not {blueprint.name}"
+            )
+        instance_profile = (
+            blueprint.instance_profile if props.instance_profile is None else props.instance_profile
+        )
         if instance_profile and blueprint.principal != "ec2.amazonaws.com":
-            raise InvalidRequest(f"InstanceProfile is only for roles EC2 assumes, not Blueprint {blueprint.name}")
+            raise InvalidRequest(
+                f"InstanceProfile is only for roles EC2 assumes, not Blueprint {blueprint.name}"
+            )
         protection = True if props.confused_deputy_protection is None else props.confused_deputy_protection
         return RoleSpec(
             blueprint=blueprint.name,
@@ -156,7 +175,7 @@ class Provisioner:
             return None
         try:
             old = parse(request.resource_type, request.old_properties)
-            assert isinstance(old, ServiceRoleProperties)  # noqa: S101 - same resource type
+            assert isinstance(old, ServiceRoleProperties)
             previous = self.role_spec(old, request.scope)
         except (InvalidRequest, AssertionError):
             return None
@@ -172,7 +191,7 @@ class Provisioner:
             spec.to_dict(),
             outcome,
             claim,
-            rollback=lambda: iam.delete_role(spec.name, spec.name if spec.instance_profile else None),
+            rollback=lambda: undo_created_role(spec.name, profile_created="profile" in outcome.made),
         )
         logger.info("service role converged", role_name=spec.name, changes=outcome.changes)
         return Response(outcome.arn, _role_data(outcome, created))
@@ -191,16 +210,22 @@ class Provisioner:
             self.registry.claim(key, claim)
         except Exception:
             if outcome.created:
-                logger.warning("registry write failed; removing the role this request created", role_name=outcome.name)
+                logger.warning(
+                    "registry write failed; removing the role this request created", role_name=outcome.name
+                )
                 rollback()
             raise
         return created
 
-    def grant_spec(self, request: Request, props: SpotFleetKmsGrantProperties) -> tuple[GrantSpec, dict[str, Any]]:
+    def grant_spec(
+        self, request: Request, props: SpotFleetKmsGrantProperties
+    ) -> tuple[GrantSpec, dict[str, Any]]:
         scope = request.scope
         key = kms.describe_key(props.key_id)
         if key.get("KeyManager") != "CUSTOMER":
-            raise InvalidRequest(f"KeyId {props.key_id} is an AWS managed key; grants need a customer managed key")
+            raise InvalidRequest(
+                f"KeyId {props.key_id} is an AWS managed key; grants need a customer managed key"
+            )
         if key.get("KeyState") in ("PendingDeletion", "PendingReplicaDeletion", "Unavailable"):
             raise InvalidRequest(f"KeyId {props.key_id} is {key['KeyState']}")
         grantee = iam.get_role(SPOT_FLEET_ROLE_NAME)
@@ -209,9 +234,16 @@ class Provisioner:
                 f"{SPOT_FLEET_ROLE_NAME} does not exist in this account; create it with "
                 "Custom::ServiceLinkedRole (spotfleet.amazonaws.com) and DependsOn"
             )
-        if props.grantee_principal and props.grantee_principal not in (grantee["Arn"], scope.role_arn(SPOT_FLEET_ROLE_NAME)):
-            raise InvalidRequest(f"GranteePrincipal must be this account's {SPOT_FLEET_ROLE_NAME} ({grantee['Arn']})")
-        constraints = props.constraints.model_dump(by_alias=True, exclude_none=True) if props.constraints else None
+        if props.grantee_principal and props.grantee_principal not in (
+            grantee["Arn"],
+            scope.role_arn(SPOT_FLEET_ROLE_NAME),
+        ):
+            raise InvalidRequest(
+                f"GranteePrincipal must be this account's {SPOT_FLEET_ROLE_NAME} ({grantee['Arn']})"
+            )
+        constraints = (
+            props.constraints.model_dump(by_alias=True, exclude_none=True) if props.constraints else None
+        )
         spec = GrantSpec(
             key_arn=key["Arn"],
             grantee_role_name=SPOT_FLEET_ROLE_NAME,

@@ -93,6 +93,7 @@ class RoleOutcome:
     changes: list[str] = field(default_factory=list)
     instance_profile_name: str | None = None
     instance_profile_arn: str | None = None
+    made: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -129,7 +130,9 @@ def trusts(document: dict[str, Any], principals: tuple[str, ...]) -> bool:
     )
 
 
-def merged_trust(current: dict[str, Any] | None, statement: dict[str, Any], principals: tuple[str, ...]) -> dict[str, Any]:
+def merged_trust(
+    current: dict[str, Any] | None, statement: dict[str, Any], principals: tuple[str, ...]
+) -> dict[str, Any]:
     """The blueprint's statement for its principal; every other statement and principal kept."""
     kept: list[dict[str, Any]] = []
     for existing in _as_list((current or {}).get("Statement")):
@@ -176,7 +179,9 @@ def converge_linked_role(spec: LinkedRoleSpec) -> RoleOutcome:
     elif spec.description is not None and role.get("Description", "") != spec.description:
         iam.update_description(name, spec.description)
         changes.append("description")
-    return RoleOutcome(name=role["RoleName"], arn=role["Arn"], role_id=role["RoleId"], created=created, changes=changes)
+    return RoleOutcome(
+        name=role["RoleName"], arn=role["Arn"], role_id=role["RoleId"], created=created, changes=changes
+    )
 
 
 def converge_role(
@@ -197,25 +202,41 @@ def converge_role(
             spec.boundary,
             spec.tags,
         )
+        made: set[str] = set()
         try:
             role = iam.wait_for_role(spec.name)
-            outcome = _complete(spec, previous, role, created=True)
+            outcome = _complete(spec, previous, role, created=True, made=made)
         except Exception:
             if rollback:
-                logger.warning("rolling back role created by this request", role_name=spec.name)
-                iam.delete_role(spec.name, spec.name if spec.instance_profile else None)
+                undo_created_role(spec.name, profile_created="profile" in made)
             raise
         return outcome
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
     if not restore_trust and not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals):
-        raise Conflict(
-            f"role {spec.name} exists but does not trust {spec.principals[0]}; left untouched"
-        )
+        raise Conflict(f"role {spec.name} exists but does not trust {spec.principals[0]}; left untouched")
     return _complete(spec, previous, role, created=False)
 
 
-def _complete(spec: RoleSpec, previous: RoleSpec | None, role: dict[str, Any], *, created: bool) -> RoleOutcome:
+def undo_created_role(name: str, *, profile_created: bool) -> None:
+    """Best effort: remove a role this request created (and its profile, only if this request made
+    it). A failure here is logged; the caller re-raises the error that made the undo necessary."""
+    logger.warning("removing the role this request created", role_name=name, profile_created=profile_created)
+    try:
+        iam.delete_role(name, name if profile_created else None)
+    except Exception:
+        logger.exception("could not remove the role this request created", role_name=name)
+
+
+def _complete(
+    spec: RoleSpec,
+    previous: RoleSpec | None,
+    role: dict[str, Any],
+    *,
+    created: bool,
+    made: set[str] | None = None,
+) -> RoleOutcome:
+    made = set() if made is None else made
     name = spec.name
     changes = ["created" if created else "adopted"]
     if not created:
@@ -239,7 +260,12 @@ def _complete(spec: RoleSpec, previous: RoleSpec | None, role: dict[str, Any], *
         if spec.boundary and current_boundary != spec.boundary:
             iam.set_boundary(name, spec.boundary)
             changes.append("boundary")
-        elif not spec.boundary and previous is not None and previous.boundary and current_boundary == previous.boundary:
+        elif (
+            not spec.boundary
+            and previous is not None
+            and previous.boundary
+            and current_boundary == previous.boundary
+        ):
             iam.set_boundary(name, None)
             changes.append("boundary removed")
         current_tags = {t["Key"]: t["Value"] for t in role.get("Tags", [])}
@@ -252,30 +278,34 @@ def _complete(spec: RoleSpec, previous: RoleSpec | None, role: dict[str, Any], *
             if stale:
                 iam.untag(name, stale)
                 changes.append("untag")
-    outcome = RoleOutcome(name=name, arn=role["Arn"], role_id=role["RoleId"], created=created, changes=changes)
+    outcome = RoleOutcome(
+        name=name, arn=role["Arn"], role_id=role["RoleId"], created=created, changes=changes, made=made
+    )
     if spec.instance_profile:
-        profile = _ensure_profile(spec, fresh=created)
+        profile = _ensure_profile(spec, fresh=created, made=made)
         outcome.instance_profile_name = profile["InstanceProfileName"]
         outcome.instance_profile_arn = profile["Arn"]
         if profile.get("changed"):
             changes.append("instance profile")
     elif previous is not None and previous.instance_profile:
-        profile = iam.get_instance_profile(name)
-        if profile is not None and [r["RoleName"] for r in profile.get("Roles", [])] in ([], [name]):
+        existing = iam.get_instance_profile(name)
+        if existing is not None and [r["RoleName"] for r in existing.get("Roles", [])] in ([], [name]):
             iam.remove_from_profile(name, name)
             iam.delete_instance_profile(name)
             changes.append("instance profile removed")
     return outcome
 
 
-def _ensure_profile(spec: RoleSpec, *, fresh: bool) -> dict[str, Any]:
+def _ensure_profile(spec: RoleSpec, *, fresh: bool, made: set[str]) -> dict[str, Any]:
     """An instance profile of the role's name holding the role (IAM makes these in separate steps)."""
     name = spec.name
     profile = None if fresh else iam.get_instance_profile(name)
     changed = False
     if profile is None:
         profile = iam.create_instance_profile(name, spec.path)
-        if profile is None:  # made concurrently, or left over without its role
+        if profile is not None:
+            made.add("profile")
+        else:  # made concurrently, or left over without its role
             profile = iam.get_instance_profile(name)
         if profile is None:
             raise Conflict(f"instance profile {name} could neither be created nor read")
@@ -297,5 +327,9 @@ def converge_grant(spec: GrantSpec, grantee: dict[str, Any]) -> GrantOutcome:
         spec.key_arn, grantee["Arn"], list(spec.operations), name, constraints, spec.retiring_principal
     )
     return GrantOutcome(
-        grant_id=grant_id, grant_token=token, grantee_arn=grantee["Arn"], grantee_role_id=grantee["RoleId"], name=name
+        grant_id=grant_id,
+        grant_token=token,
+        grantee_arn=grantee["Arn"],
+        grantee_role_id=grantee["RoleId"],
+        name=name,
     )

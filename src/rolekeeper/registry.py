@@ -94,7 +94,17 @@ def _claim(item: dict[str, Any]) -> Claim:
 
 
 def _record(item: dict[str, Any]) -> Record:
-    reserved = {"pk", "sk", "kind", "desired", "created", "heal_count", "heal_window", "heal_lease", "updated_at"}
+    reserved = {
+        "pk",
+        "sk",
+        "kind",
+        "desired",
+        "created",
+        "heal_count",
+        "heal_window",
+        "heal_lease",
+        "updated_at",
+    }
     return Record(
         key=item["pk"]["S"],
         kind=item.get("kind", {}).get("S", ""),
@@ -219,8 +229,29 @@ class Registry:
 
     # Healing bookkeeping: a short lease so concurrent invocations heal an object once, and a
     # per-object count in a sliding hour so a fight with someone deleting it stops.
-    def begin_heal(self, key: str, *, now: float, lease_seconds: int, limit: int, window: int = 3600) -> str:
-        """Returns "go", "busy" (another invocation holds the lease) or "limited"."""
+    def begin_heal(self, key: str, *, now: float, lease_seconds: int) -> bool:
+        """Take the object's heal lease; False when another invocation holds it."""
+        from botocore.exceptions import ClientError
+
+        try:
+            aws.dynamodb().update_item(
+                TableName=self.table,
+                Key={"pk": _s(key), "sk": _s(OBJECT)},
+                UpdateExpression="SET heal_lease = :until",
+                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(heal_lease) OR heal_lease < :now)",
+                ExpressionAttributeValues={
+                    ":until": {"N": str(int(now) + lease_seconds)},
+                    ":now": {"N": str(int(now))},
+                },
+            )
+        except ClientError as error:
+            if aws.error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def count_heal(self, key: str, *, now: float, limit: int, window: int = 3600) -> bool:
+        """Count one heal in the object's hour; False (nothing counted) when the limit is reached."""
         from botocore.exceptions import ClientError
 
         db = aws.dynamodb()
@@ -228,44 +259,36 @@ class Registry:
             db.update_item(
                 TableName=self.table,
                 Key={"pk": _s(key), "sk": _s(OBJECT)},
-                UpdateExpression="SET heal_lease = :until",
-                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(heal_lease) OR heal_lease < :now)",
-                ExpressionAttributeValues={":until": {"N": str(int(now) + lease_seconds)}, ":now": {"N": str(int(now))}},
+                UpdateExpression="SET heal_window = if_not_exists(heal_window, :now) ADD heal_count :one",
+                ConditionExpression="attribute_not_exists(heal_count) OR heal_count < :limit",
+                ExpressionAttributeValues={
+                    ":now": {"N": str(int(now))},
+                    ":one": {"N": "1"},
+                    ":limit": {"N": str(limit)},
+                },
             )
+            return True
         except ClientError as error:
-            if aws.error_code(error) == "ConditionalCheckFailedException":
-                return "busy"
-            raise
+            if aws.error_code(error) != "ConditionalCheckFailedException":
+                raise
+        # At the limit: start a new window if the old one has passed, else refuse.
         try:
             db.update_item(
                 TableName=self.table,
                 Key={"pk": _s(key), "sk": _s(OBJECT)},
-                UpdateExpression="SET heal_window = if_not_exists(heal_window, :now) ADD heal_count :one",
-                ConditionExpression="attribute_not_exists(heal_count) OR heal_count < :limit",
-                ExpressionAttributeValues={":now": {"N": str(int(now))}, ":one": {"N": "1"}, ":limit": {"N": str(limit)}},
+                UpdateExpression="SET heal_window = :now, heal_count = :one",
+                ConditionExpression="heal_window < :expired",
+                ExpressionAttributeValues={
+                    ":now": {"N": str(int(now))},
+                    ":one": {"N": "1"},
+                    ":expired": {"N": str(int(now) - window)},
+                },
             )
         except ClientError as error:
-            if aws.error_code(error) != "ConditionalCheckFailedException":
-                raise
-            # Over the limit: start a new window if the old one has passed, else refuse.
-            try:
-                db.update_item(
-                    TableName=self.table,
-                    Key={"pk": _s(key), "sk": _s(OBJECT)},
-                    UpdateExpression="SET heal_window = :now, heal_count = :one",
-                    ConditionExpression="heal_window < :expired",
-                    ExpressionAttributeValues={
-                        ":now": {"N": str(int(now))},
-                        ":one": {"N": "1"},
-                        ":expired": {"N": str(int(now) - window)},
-                    },
-                )
-            except ClientError as again:
-                if aws.error_code(again) == "ConditionalCheckFailedException":
-                    self.end_heal(key)
-                    return "limited"
-                raise
-        return "go"
+            if aws.error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     def end_heal(self, key: str) -> None:
         aws.dynamodb().update_item(

@@ -38,10 +38,14 @@ def heal(aws, monkeypatch):
     healer.healer.cache_clear()
     monkeypatch.setattr(healing, "sleep", lambda _s: None)
     notices: list[tuple[str, str]] = []
-    monkeypatch.setattr(healing, "notify", lambda _topic, subject, message: notices.append((subject, message)))
+    monkeypatch.setattr(
+        healing, "notify", lambda _topic, subject, message: notices.append((subject, message))
+    )
 
     def deliver(payload: dict[str, Any]) -> dict[str, Any]:
-        return healer.lambda_handler(copy.deepcopy(payload), LambdaContext(function_name="rolekeeper-HealerFunction"))
+        return healer.lambda_handler(
+            copy.deepcopy(payload), LambdaContext(function_name="rolekeeper-HealerFunction")
+        )
 
     deliver.notices = notices  # type: ignore[attr-defined]
     yield deliver
@@ -93,8 +97,17 @@ def test_healer_respects_heal_false(stack, heal):
 
 def test_healer_never_undoes_the_custom_resource_delete(stack, heal):
     created = stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
-    stack.send("role-ecs-instance-delete.json", props={"OnDelete": "Delete"}, PhysicalResourceId=created["PhysicalResourceId"])
-    for name in ("heal-remove-role-from-instance-profile.json", "heal-delete-instance-profile.json", "heal-detach-role-policy.json", "heal-delete-role.json"):
+    stack.send(
+        "role-ecs-instance-delete.json",
+        props={"OnDelete": "Delete"},
+        PhysicalResourceId=created["PhysicalResourceId"],
+    )
+    for name in (
+        "heal-remove-role-from-instance-profile.json",
+        "heal-delete-instance-profile.json",
+        "heal-detach-role-policy.json",
+        "heal-delete-role.json",
+    ):
         assert heal(event(name))["outcome"] == "ignored"
     assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
 
@@ -103,7 +116,9 @@ def test_healer_reattaches_detached_policy(stack, heal):
     stack.send("role-ecs-instance-create.json")
     iam().detach_role_policy(RoleName=ECS, PolicyArn=ECS_POLICY)
     assert heal(event("heal-detach-role-policy.json"))["outcome"] == "healed"
-    assert [p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=ECS)["AttachedPolicies"]] == [ECS_POLICY]
+    assert [p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=ECS)["AttachedPolicies"]] == [
+        ECS_POLICY
+    ]
 
 
 def test_healer_puts_role_back_into_its_instance_profile(stack, heal):
@@ -128,7 +143,9 @@ def test_healer_restores_trust_policy_keeping_other_statements(stack, heal):
     name = "aws-ec2-spot-fleet-tagging-role"
     damaged = {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
     }
     iam().update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(damaged))
     assert heal(event("heal-update-assume-role-policy.json"))["outcome"] == "healed"
@@ -148,7 +165,9 @@ def spot_fleet_with_grant(aws, stack):
     return slr, key_arn, grant
 
 
-def test_healer_waits_for_slr_deletion_then_recreates_and_reissues_grant(spot_fleet_with_grant, heal, deletion_tasks, monkeypatch, stack):
+def test_healer_waits_for_slr_deletion_then_recreates_and_reissues_grant(
+    spot_fleet_with_grant, heal, deletion_tasks, monkeypatch, stack
+):
     from rolekeeper import healing
 
     slr, key_arn, grant = spot_fleet_with_grant
@@ -196,7 +215,11 @@ def test_healer_reissues_retired_grant(spot_fleet_with_grant, heal):
     _slr, key_arn, grant = spot_fleet_with_grant
     grant_id = grant["Data"]["GrantId"]
     boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=grant_id)
-    retire = event("heal-retire-grant.json", additionalEventData={"grantId": grant_id}, resources=[{"type": "AWS::KMS::Key", "ARN": key_arn, "accountId": "123456789012"}])
+    retire = event(
+        "heal-retire-grant.json",
+        additionalEventData={"grantId": grant_id},
+        resources=[{"type": "AWS::KMS::Key", "ARN": key_arn, "accountId": "123456789012"}],
+    )
     assert heal(retire)["outcome"] == "healed"
     (current,) = boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]
     assert current["GrantId"] != grant_id
@@ -212,7 +235,9 @@ def test_healer_burst_of_50_events_recreates_once(stack, heal, monkeypatch):
     delete_ecs_role_by_hand()
     creates: list[str] = []
     real_create = iam_ops.create_role
-    monkeypatch.setattr(iam_ops, "create_role", lambda *a, **k: (creates.append(a[0]), real_create(*a, **k))[1])
+    monkeypatch.setattr(
+        iam_ops, "create_role", lambda *a, **k: (creates.append(a[0]), real_create(*a, **k))[1]
+    )
     payload = event("heal-delete-role.json")
     outcomes = [heal(payload)["outcome"] for _ in range(50)]
     assert creates == [ECS]
@@ -227,7 +252,9 @@ def test_healer_concurrent_invocations_heal_once_without_errors(stack, heal, mon
     delete_ecs_role_by_hand()
     creates: list[str] = []
     real_create = iam_ops.create_role
-    monkeypatch.setattr(iam_ops, "create_role", lambda *a, **k: (creates.append(a[0]), real_create(*a, **k))[1])
+    monkeypatch.setattr(
+        iam_ops, "create_role", lambda *a, **k: (creates.append(a[0]), real_create(*a, **k))[1]
+    )
     payload = event("heal-delete-role.json")
     outcomes: list[str] = []
     errors: list[BaseException] = []
@@ -280,8 +307,12 @@ def test_healer_report_mode_changes_nothing(stack, heal, monkeypatch):
 @pytest.mark.parametrize(
     "payload",
     [
-        pytest.param(lambda: {**event("heal-delete-role.json"), "account": "999999999999"}, id="other-account"),
-        pytest.param(lambda: event("heal-delete-role.json", recipientAccountId="999999999999"), id="other-recipient"),
+        pytest.param(
+            lambda: {**event("heal-delete-role.json"), "account": "999999999999"}, id="other-account"
+        ),
+        pytest.param(
+            lambda: event("heal-delete-role.json", recipientAccountId="999999999999"), id="other-recipient"
+        ),
         pytest.param(lambda: event("heal-delete-role-failed.json"), id="failed-call"),
         pytest.param(lambda: {"hello": "world"}, id="not-eventbridge"),
         pytest.param(lambda: {**event("heal-delete-role.json"), "detail": "oops"}, id="detail-not-object"),
@@ -305,7 +336,9 @@ def test_scheduled_reconcile_repairs_what_events_missed(stack, heal, monkeypatch
     stack.send("slr-create.json")
     stack.send("role-spot-fleet-tagging-create.json")
     delete_ecs_role_by_hand()
-    iam().detach_role_policy(RoleName="AWSBatchServiceRole", PolicyArn="arn:aws:iam::aws:policy/service-role/AWSBatchServiceRole")
+    iam().detach_role_policy(
+        RoleName="AWSBatchServiceRole", PolicyArn="arn:aws:iam::aws:policy/service-role/AWSBatchServiceRole"
+    )
     calls: list[str] = []
     aws_clients.iam().meta.events.register("before-call.iam.*", lambda model, **_: calls.append(model.name))
     result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
@@ -314,7 +347,10 @@ def test_scheduled_reconcile_repairs_what_events_missed(stack, heal, monkeypatch
     assert "GetRole" not in calls[: calls.index("GetAccountAuthorizationDetails") + 1]
     assert calls.count("GetAccountAuthorizationDetails") == 1
     assert iam().get_role(RoleName=ECS)
-    assert [p["PolicyName"] for p in iam().list_attached_role_policies(RoleName="AWSBatchServiceRole")["AttachedPolicies"]] == ["AWSBatchServiceRole"]
+    assert [
+        p["PolicyName"]
+        for p in iam().list_attached_role_policies(RoleName="AWSBatchServiceRole")["AttachedPolicies"]
+    ] == ["AWSBatchServiceRole"]
 
 
 def test_scheduled_reconcile_reissues_missing_grant(spot_fleet_with_grant, heal):

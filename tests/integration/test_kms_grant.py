@@ -67,7 +67,9 @@ def test_property_change_makes_new_grant_and_cleanup_delete_retires_old(key_arn,
     assert updated["PhysicalResourceId"] != first["PhysicalResourceId"]
     assert len(grants(key_arn)) == 2
     # CloudFormation's cleanup Delete for the old physical id
-    cleanup = stack.send("grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=first["PhysicalResourceId"])
+    cleanup = stack.send(
+        "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=first["PhysicalResourceId"]
+    )
     assert cleanup["Status"] == "SUCCESS"
     (left,) = grants(key_arn)
     assert left["GrantId"] == updated["Data"]["GrantId"]
@@ -77,16 +79,23 @@ def test_property_change_makes_new_grant_and_cleanup_delete_retires_old(key_arn,
 def test_delete_of_already_retired_grant_succeeds(key_arn, spot_fleet_role, stack):
     created = stack.send("grant-create.json", props={"KeyId": key_arn})
     boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=created["Data"]["GrantId"])
-    response = stack.send("grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"])
+    response = stack.send(
+        "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"]
+    )
     assert response["Status"] == "SUCCESS", response["Reason"]
 
 
 def test_delete_of_unknown_grant_physical_id_touches_nothing(key_arn, spot_fleet_role, stack):
     created = stack.send("grant-create.json", props={"KeyId": key_arn})
-    response = stack.send("grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId="app_SpotFleetAmiKeyGrant_XY12AB34")
+    response = stack.send(
+        "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId="app_SpotFleetAmiKeyGrant_XY12AB34"
+    )
     assert response["Status"] == "SUCCESS"
     other = stack.send(
-        "grant-delete.json", logical_id="NotMine", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"]
+        "grant-delete.json",
+        logical_id="NotMine",
+        props={"KeyId": key_arn},
+        PhysicalResourceId=created["PhysicalResourceId"],
     )
     assert other["Status"] == "SUCCESS"
     assert len(grants(key_arn)) == 1
@@ -114,11 +123,20 @@ def test_grant_refuses_aws_managed_key(aws, spot_fleet_role, stack, monkeypatch)
     ("props", "expected"),
     [
         ({"KeyId": "not-a-key"}, "KeyId must be a KMS key ARN"),
-        ({"KeyId": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"}, "was not found"),
+        (
+            {"KeyId": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"},
+            "was not found",
+        ),
         ({"Operations": ["Decrypt", "Administer"]}, "unknown operation 'Administer'"),
         ({"Operations": []}, "Operations"),
-        ({"GranteePrincipal": "arn:aws:iam::123456789012:role/Admin"}, "GranteePrincipal must be this account's"),
-        ({"GranteePrincipal": "arn:aws:iam::999999999999:role/AWSServiceRoleForEC2SpotFleet"}, "GranteePrincipal must be"),
+        (
+            {"GranteePrincipal": "arn:aws:iam::123456789012:role/Admin"},
+            "GranteePrincipal must be this account's",
+        ),
+        (
+            {"GranteePrincipal": "arn:aws:iam::999999999999:role/AWSServiceRoleForEC2SpotFleet"},
+            "GranteePrincipal must be",
+        ),
         ({"Heal": "maybe"}, "Heal must be true or false"),
         ({"Constraints": {"EncryptionContextSubset": "x"}}, "Constraints.EncryptionContextSubset"),
     ],
@@ -133,7 +151,10 @@ def test_bad_grant_input_fails_and_creates_nothing(key_arn, spot_fleet_role, sta
 def test_grantee_without_path_is_accepted(key_arn, spot_fleet_role, stack):
     response = stack.send(
         "grant-create.json",
-        props={"KeyId": key_arn, "GranteePrincipal": "arn:aws:iam::123456789012:role/AWSServiceRoleForEC2SpotFleet"},
+        props={
+            "KeyId": key_arn,
+            "GranteePrincipal": "arn:aws:iam::123456789012:role/AWSServiceRoleForEC2SpotFleet",
+        },
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
     assert response["Data"]["GranteePrincipal"] == spot_fleet_role["Arn"]

@@ -24,7 +24,12 @@ def test_create_makes_role_with_aws_name_path_and_attributes(aws, stack):
     role = boto3.client("iam").get_role(RoleName=SPOT_FLEET)["Role"]
     assert role["Path"] == "/aws-service-role/spotfleet.amazonaws.com/"
     assert response["PhysicalResourceId"] == role["Arn"]
-    assert response["Data"] == {"RoleName": SPOT_FLEET, "Arn": role["Arn"], "RoleId": role["RoleId"], "Created": "true"}
+    assert response["Data"] == {
+        "RoleName": SPOT_FLEET,
+        "Arn": role["Arn"],
+        "RoleId": role["RoleId"],
+        "Created": "true",
+    }
     assert all(isinstance(v, str) for v in response["Data"].values())
 
 
@@ -62,14 +67,24 @@ def test_raw_moto_entity_already_exists_is_also_adopted(raw_moto, stack, monkeyp
 
     from rolekeeper import iam
 
-    error = ClientError({"Error": {"Code": "EntityAlreadyExists", "Message": "Role exists"}}, "CreateServiceLinkedRole")
+    error = ClientError(
+        {"Error": {"Code": "EntityAlreadyExists", "Message": "Role exists"}}, "CreateServiceLinkedRole"
+    )
     assert iam.already_exists(error)
     invalid = ClientError(
-        {"Error": {"Code": "InvalidInput", "Message": "Service role name X has been taken in this account, please try a different suffix."}},
+        {
+            "Error": {
+                "Code": "InvalidInput",
+                "Message": "Service role name X has been taken in this account, please try a different suffix.",
+            }
+        },
         "CreateServiceLinkedRole",
     )
     assert iam.already_exists(invalid)
-    other = ClientError({"Error": {"Code": "InvalidInput", "Message": "Custom suffix is not allowed"}}, "CreateServiceLinkedRole")
+    other = ClientError(
+        {"Error": {"Code": "InvalidInput", "Message": "Custom suffix is not allowed"}},
+        "CreateServiceLinkedRole",
+    )
     assert not iam.already_exists(other)
 
 
@@ -123,7 +138,9 @@ def test_delete_with_delete_waits_for_last_claim(aws, stack, other_stack, deleti
     boto3.client("iam").get_role(RoleName=SPOT_FLEET)
     assert deletion_tasks.pending == {}
     # When the last claim goes, deletion is submitted (asynchronous in IAM) and the answer is immediate
-    response = other_stack.send("slr-delete.json", props=props, PhysicalResourceId=created["PhysicalResourceId"])
+    response = other_stack.send(
+        "slr-delete.json", props=props, PhysicalResourceId=created["PhysicalResourceId"]
+    )
     assert response["Status"] == "SUCCESS"
     assert len(deletion_tasks.pending) == 1
     (task_id,) = deletion_tasks.pending
@@ -138,7 +155,9 @@ def test_delete_never_removes_an_adopted_role(aws, stack):
     boto3.client("iam").create_service_linked_role(AWSServiceName="spotfleet.amazonaws.com")
     created = stack.send("slr-create.json", props={"OnDelete": "Delete"})
     assert created["Data"]["Created"] == "false"
-    stack.send("slr-delete.json", props={"OnDelete": "Delete"}, PhysicalResourceId=created["PhysicalResourceId"])
+    stack.send(
+        "slr-delete.json", props={"OnDelete": "Delete"}, PhysicalResourceId=created["PhysicalResourceId"]
+    )
     boto3.client("iam").get_role(RoleName=SPOT_FLEET)
 
 
@@ -148,7 +167,9 @@ def test_delete_of_unknown_physical_id_touches_nothing(aws, stack):
     response = stack.send("slr-delete.json", PhysicalResourceId="app_SpotFleetServiceLinkedRole_ABCD1234")
     assert response["Status"] == "SUCCESS"
     # A Delete from a resource that never claimed the role touches nothing either
-    response = stack.send("slr-delete.json", logical_id="Stranger", PhysicalResourceId=created["PhysicalResourceId"])
+    response = stack.send(
+        "slr-delete.json", logical_id="Stranger", PhysicalResourceId=created["PhysicalResourceId"]
+    )
     assert response["Status"] == "SUCCESS"
     boto3.client("iam").get_role(RoleName=SPOT_FLEET)
     assert len(registry().get(role_key(SPOT_FLEET)).claims) == 1
@@ -157,7 +178,9 @@ def test_delete_of_unknown_physical_id_touches_nothing(aws, stack):
 def test_delete_of_role_already_gone_succeeds(aws, stack):
     created = stack.send("slr-create.json", props={"OnDelete": "Delete"})
     boto3.client("iam").delete_service_linked_role(RoleName=SPOT_FLEET)
-    response = stack.send("slr-delete.json", props={"OnDelete": "Delete"}, PhysicalResourceId=created["PhysicalResourceId"])
+    response = stack.send(
+        "slr-delete.json", props={"OnDelete": "Delete"}, PhysicalResourceId=created["PhysicalResourceId"]
+    )
     assert response["Status"] == "SUCCESS", response["Reason"]
 
 
@@ -165,7 +188,7 @@ def test_delete_does_not_sleep(aws, stack, monkeypatch):
     import time
 
     slept: list[float] = []
-    monkeypatch.setattr(time, "sleep", lambda s: slept.append(s))
+    monkeypatch.setattr(time, "sleep", slept.append)
     created = stack.send("slr-create.json")
     stack.send("slr-delete.json", PhysicalResourceId=created["PhysicalResourceId"])
     assert slept == []

@@ -41,10 +41,7 @@ def _run(action: str, event: dict[str, Any]) -> str:
     """Every failure becomes a RolekeeperError whose message is a short, useful Reason."""
     request = _request(event)
     try:
-        if action == "delete":
-            response = provisioner().delete(request)
-        else:
-            response = provisioner().converge(request)
+        response = provisioner().delete(request) if action == "delete" else provisioner().converge(request)
     except RolekeeperError as error:
         logger.warning("request refused", reason=str(error))
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)
@@ -53,7 +50,9 @@ def _run(action: str, event: dict[str, Any]) -> str:
         operation = getattr(error, "operation_name", "AWS call")
         logger.exception("AWS call failed", operation=operation)
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)
-        raise RolekeeperError(f"{operation} failed: {aws.error_code(error)}: {aws.error_message(error)}") from None
+        raise RolekeeperError(
+            f"{operation} failed: {aws.error_code(error)}: {aws.error_message(error)}"
+        ) from None
     except BotoCoreError as error:
         logger.exception("AWS call failed")
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)
@@ -61,7 +60,9 @@ def _run(action: str, event: dict[str, Any]) -> str:
     except Exception as error:
         logger.exception("request failed")
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)
-        raise RolekeeperError(f"rolekeeper could not complete the request ({type(error).__name__}: {error})") from None
+        raise RolekeeperError(
+            f"rolekeeper could not complete the request ({type(error).__name__}: {error})"
+        ) from None
     if helper.responded:
         # The deadline answer (FAILED) already went out: CloudFormation will not own what was
         # just converged, so do not leave a claim that nothing will release.

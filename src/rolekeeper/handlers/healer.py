@@ -75,10 +75,14 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             if result.outcome != "healthy":
                 _record(result, "object")
         counts = Counter(r.outcome for r in results)
-        logger.info("reconcile finished", **counts)
+        logger.info("reconcile finished", outcomes=dict(counts))
         failed = [r for r in results if r.outcome == "failed"]
         if failed:
-            notify(settings().notification_topic_arn, "rolekeeper reconcile failures", "\n".join(f"{r.name}: {r.detail}" for r in failed))
+            notify(
+                settings().notification_topic_arn,
+                "rolekeeper reconcile failures",
+                "\n".join(f"{r.name}: {r.detail}" for r in failed),
+            )
             raise RuntimeError(f"reconcile failed for {len(failed)} object(s): {failed[0].name}")
         return {"outcome": "reconciled", **counts}
     try:
@@ -98,7 +102,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
 def _drop(why: str, event: Any) -> dict[str, Any]:
     """Logged and dropped without raising: a retry would not make it any better."""
-    summary = {k: event.get(k) for k in ("id", "source", "detail-type", "account")} if isinstance(event, dict) else {}
-    logger.warning("event dropped", reason=why, **summary)
+    summary = (
+        {k: event.get(k) for k in ("id", "source", "detail-type", "account")}
+        if isinstance(event, dict)
+        else {}
+    )
+    logger.warning("event dropped", reason=why, event_summary=summary)
     metrics.add_metric(name="EventIgnored", unit="Count", value=1)
     return {"outcome": "dropped", "detail": why}
