@@ -59,6 +59,19 @@ class Demo:
             print(f"         {key}: {value if key != 'GrantToken' else value[:16] + '...'}")
         return body
 
+    def heal(self, event_file: str, **detail: Any) -> dict[str, Any]:
+        from rolekeeper.handlers.healer import lambda_handler
+
+        event = json.loads((EVENTS / event_file).read_text())
+        for key, value in detail.items():
+            event["detail"][key] = value
+        logs = io.StringIO()
+        with contextlib.redirect_stdout(logs):
+            result: dict[str, Any] = lambda_handler(event, Context(function_name="rolekeeper-HealerFunction"))
+        if result.get("outcome") != "healed":
+            self.failures += 1
+        return result
+
 
 def state(title: str, key_arn: str | None = None) -> None:
     import boto3
@@ -142,7 +155,21 @@ def main() -> int:
         ecs = demo.request("role-ecs-instance-create.json", "platform", props={"OnDelete": "Delete"})
         state("after update and ecsInstanceRole", key_arn)
 
-        print("6. Delete both stacks")
+        print("6. Someone deletes the Spot Fleet service-linked role by hand; the healer puts it back")
+        iam = boto3.client("iam")
+        task_id = iam.delete_service_linked_role(RoleName=SPOT_FLEET)["DeletionTaskId"]
+        print(f"  DeleteServiceLinkedRole {SPOT_FLEET} -> deletion task {task_id}")
+        healed = demo.heal(
+            "heal-delete-service-linked-role.json", responseElements={"deletionTaskId": task_id}
+        )
+        print(f"  healer: {healed['outcome']} ({healed['detail']})")
+        role = iam.get_role(RoleName=SPOT_FLEET)["Role"]
+        print(
+            f"  {SPOT_FLEET} is back with a new RoleId {role['RoleId']} (was {spot_fleet['Data']['RoleId']})"
+        )
+        state("after healing: the grant was re-issued for the new role", key_arn)
+
+        print("7. Delete both stacks")
         demo.request(
             "grant-delete.json",
             "platform",

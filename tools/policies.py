@@ -99,6 +99,8 @@ class Resolver:
             return text.replace("${RegistryTable.Arn}", self.intrinsic("GetAtt", "RegistryTable.Arn"))
         if tag == "If":
             return self(value[1])  # every optional feature on
+        if tag in ("Not", "Equals", "Condition", "And", "Or"):
+            return {f"Fn::{tag}": value}
         if tag == "Join":
             return value[0].join(str(v) for v in self(value[1]))
         if tag == "Split":
