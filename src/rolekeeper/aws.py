@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ READ_TIMEOUT = 10
 
 
 @cache
-def client(service: str) -> Any:
+def client(service: str, region: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -28,15 +29,18 @@ def client(service: str) -> Any:
         read_timeout=READ_TIMEOUT,
         user_agent_extra="rolekeeper",
     )
-    return boto3.client(service, config=config)  # type: ignore[call-overload]
+    return boto3.client(service, region_name=region, config=config)  # type: ignore[call-overload]
 
 
 def iam() -> IAMClient:
     return client("iam")  # type: ignore[no-any-return]
 
 
-def kms() -> KMSClient:
-    return client("kms")  # type: ignore[no-any-return]
+def kms(key: str | None = None) -> KMSClient:
+    """The KMS client for a key: a key ARN names its region, which may not be the function's."""
+    region = key.split(":")[3] if key and key.startswith("arn:") and key.count(":") >= 5 else None
+    home = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return client("kms", None if region in (None, home) else region)  # type: ignore[no-any-return]
 
 
 def dynamodb() -> DynamoDBClient:

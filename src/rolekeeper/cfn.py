@@ -10,6 +10,7 @@ only HTTPS, and retries an unreachable ResponseURL forever. Each is replaced her
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from aws_lambda_powertools import Logger
 from crhelper import CfnResource
 
 logger = Logger(child=True)
+# crhelper's own logger logs whole events (ResponseURL included) at DEBUG: keep it quiet.
+logging.getLogger("crhelper").setLevel(logging.WARNING)
 
 FAILED = "FAILED"
 REQUEST_TYPES = ("Create", "Update", "Delete")

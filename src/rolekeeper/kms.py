@@ -12,7 +12,7 @@ from rolekeeper.errors import InvalidRequest
 
 def describe_key(key_id: str) -> dict[str, Any]:
     try:
-        return aws.kms().describe_key(KeyId=key_id)["KeyMetadata"]  # type: ignore[return-value]
+        return aws.kms(key_id).describe_key(KeyId=key_id)["KeyMetadata"]  # type: ignore[return-value]
     except ClientError as error:
         if aws.error_code(error) in ("NotFoundException", "InvalidArnException"):
             raise InvalidRequest(
@@ -41,13 +41,13 @@ def create_grant(
         kwargs["Constraints"] = constraints
     if retiring_principal:
         kwargs["RetiringPrincipal"] = retiring_principal
-    result = aws.kms().create_grant(**kwargs)
+    result = aws.kms(key_arn).create_grant(**kwargs)
     return result["GrantId"], result["GrantToken"]
 
 
 def grant_exists(key_arn: str, grant_id: str) -> bool:
     try:
-        grants = aws.kms().list_grants(KeyId=key_arn, GrantId=grant_id)["Grants"]
+        grants = aws.kms(key_arn).list_grants(KeyId=key_arn, GrantId=grant_id)["Grants"]
     except ClientError as error:
         if aws.error_code(error) in ("NotFoundException", "InvalidGrantIdException"):
             return False
@@ -57,7 +57,7 @@ def grant_exists(key_arn: str, grant_id: str) -> bool:
 
 def grant_ids(key_arn: str) -> set[str]:
     """Every grant on a key, listed in pages."""
-    paginator = aws.kms().get_paginator("list_grants")
+    paginator = aws.kms(key_arn).get_paginator("list_grants")
     try:
         return {g["GrantId"] for page in paginator.paginate(KeyId=key_arn) for g in page["Grants"]}
     except ClientError as error:
@@ -74,7 +74,7 @@ def revoke_grant(key_arn: str, grant_id: str) -> bool:
     account may always revoke with kms:RevokeGrant.
     """
     try:
-        aws.kms().revoke_grant(KeyId=key_arn, GrantId=grant_id)
+        aws.kms(key_arn).revoke_grant(KeyId=key_arn, GrantId=grant_id)
     except ClientError as error:
         if aws.error_code(error) in ("NotFoundException", "InvalidGrantIdException"):
             return False

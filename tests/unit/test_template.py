@@ -36,7 +36,13 @@ def test_template_functions_use_design_entry_points(resolved):
     assert globals_["CodeUri"] == "src/"
     assert globals_["Runtime"] == "python3.13"
     assert globals_["Architectures"] == ["arm64"]
-    for name in ("REGISTRY_TABLE_NAME", "ALLOWED_SERVICE_NAMES", "ALLOWED_MANAGED_POLICY_ARNS", "HEAL_MODE", "NOTIFICATION_TOPIC_ARN"):
+    for name in (
+        "REGISTRY_TABLE_NAME",
+        "ALLOWED_SERVICE_NAMES",
+        "ALLOWED_MANAGED_POLICY_ARNS",
+        "HEAL_MODE",
+        "NOTIFICATION_TOPIC_ARN",
+    ):
         assert name in globals_["Environment"]["Variables"]
 
 
@@ -108,7 +114,12 @@ def test_template_privileged_actions_are_conditioned():
 
 def test_template_healer_never_deletes():
     statements = _statements()
-    healer = [s for name, group in statements.items() if "HealerFunction" in name or "ConvergePolicy" in name for s in group]
+    healer = [
+        s
+        for name, group in statements.items()
+        if "HealerFunction" in name or "ConvergePolicy" in name
+        for s in group
+    ]
     for statement in healer:
         for action in _actions(statement):
             assert not action.startswith(("iam:Delete", "iam:Detach", "iam:Untag")), action
