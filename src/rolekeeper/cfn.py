@@ -137,6 +137,7 @@ class CustomResource(CfnResource):
     def __call__(self, event: Any, context: Any) -> None:
         self.last_response = None
         self._responded = False
+        self._deadline = None
         problem = self._malformed(event)
         if problem is not None:
             self._reject(event, problem)

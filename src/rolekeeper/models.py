@@ -193,6 +193,27 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return text or "Properties"
 
 
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The (sub)model that owns the field at loc, e.g. Tag for Tags[0].Colour."""
+    import typing
+
+    current = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return current
+        candidates = [field.annotation]
+        while candidates:
+            annotation = candidates.pop()
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                current = annotation
+                break
+            candidates.extend(typing.get_args(annotation))
+    return current
+
+
 def describe(error: ValidationError, model: type[BaseModel]) -> str:
     """One short sentence per problem, naming the property and what is allowed."""
     problems = []
@@ -202,7 +223,8 @@ def describe(error: ValidationError, model: type[BaseModel]) -> str:
         if kind == "missing":
             problems.append(f"{where} is required")
         elif kind == "extra_forbidden":
-            known = ", ".join(f.alias or n for n, f in model.model_fields.items())
+            owner = _model_at(model, tuple(item["loc"])[:-1])
+            known = ", ".join(f.alias or n for n, f in owner.model_fields.items())
             problems.append(f"{where} is not a known property (known: {known})")
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
@@ -222,7 +244,8 @@ def parse(resource_type: str, properties: Any) -> Properties:
         properties = {}
     if not isinstance(properties, dict):
         raise InvalidRequest("ResourceProperties must be an object")
-    given = {k: v for k, v in properties.items() if k != "ServiceToken"}
+    # ServiceToken and ServiceTimeout belong to CloudFormation's custom resource, not to us.
+    given = {k: v for k, v in properties.items() if k not in ("ServiceToken", "ServiceTimeout")}
     try:
         return model.model_validate(given)
     except ValidationError as error:

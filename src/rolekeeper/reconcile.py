@@ -119,8 +119,11 @@ def _services(statement: dict[str, Any]) -> list[str]:
     return [str(s) for s in _as_list(principal.get("Service"))] if isinstance(principal, dict) else []
 
 
+ASSUME_ACTIONS = ("sts:AssumeRole", "sts:*", "*")
+
+
 def _assumes(statement: dict[str, Any]) -> bool:
-    return any(a in ("sts:AssumeRole", "sts:*", "*") for a in _as_list(statement.get("Action")))
+    return any(a in ASSUME_ACTIONS for a in _as_list(statement.get("Action")))
 
 
 def trusts(document: dict[str, Any], principals: tuple[str, ...]) -> bool:
@@ -133,11 +136,13 @@ def trusts(document: dict[str, Any], principals: tuple[str, ...]) -> bool:
 def merged_trust(
     current: dict[str, Any] | None, statement: dict[str, Any], principals: tuple[str, ...]
 ) -> dict[str, Any]:
-    """The blueprint's statement for its principal; every other statement and principal kept."""
+    """The blueprint's statement is the only one letting its principal assume the role (so its
+    conditions hold); everything else others added is kept: Deny statements, other principals,
+    and other actions granted to the principal (sts:TagSession, say)."""
     kept: list[dict[str, Any]] = []
     for existing in _as_list((current or {}).get("Statement")):
         services = _services(existing)
-        if not set(services) & set(principals):
+        if existing.get("Effect") != "Allow" or not _assumes(existing) or not set(services) & set(principals):
             kept.append(existing)
             continue
         rest = [s for s in services if s not in principals]
@@ -146,6 +151,16 @@ def merged_trust(
             principal["Service"] = rest if len(rest) > 1 else rest[0]
         if principal:
             kept.append({**existing, "Principal": principal})
+        other_actions = [a for a in _as_list(existing.get("Action")) if a not in ASSUME_ACTIONS]
+        if other_actions:
+            ours = [s for s in services if s in principals]
+            kept.append(
+                {
+                    **existing,
+                    "Principal": {"Service": ours if len(ours) > 1 else ours[0]},
+                    "Action": other_actions if len(other_actions) > 1 else other_actions[0],
+                }
+            )
     return {"Version": "2012-10-17", "Statement": [*kept, statement]}
 
 
