@@ -41,6 +41,8 @@ from moto import mock_aws
 
 from tests import fidelity
 
+fidelity.use_only_the_managed_policies_rolekeeper_needs()
+
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 ACCOUNT = "123456789012"

@@ -25,6 +25,31 @@ from moto.iam import responses as iam_responses
 from moto.iam.exceptions import InvalidInput
 from moto.kms import models as kms_models
 
+# moto parses all ~1,300 AWS managed policies (4.7 MB of JSON) every time an IAM backend is made,
+# which is most of a test's time. Tests and the demo need only these; their documents are moto's
+# copies of the real ones.
+AWS_MANAGED_POLICIES_USED = (
+    "AmazonEC2SpotFleetTaggingRole",
+    "AmazonEC2ContainerServiceforEC2Role",
+    "AWSBatchServiceRole",
+    "AmazonSSMManagedInstanceCore",
+    "CloudWatchAgentServerPolicy",
+    "PowerUserAccess",
+    "AdministratorAccess",
+    "AmazonEC2SpotFleetRole",
+)
+
+
+def use_only_the_managed_policies_rolekeeper_needs() -> None:
+    import json
+
+    from moto.iam import aws_managed_policies
+
+    everything = json.loads(aws_managed_policies.aws_managed_policies_data)
+    subset = {name: everything[name] for name in AWS_MANAGED_POLICIES_USED if name in everything}
+    iam_models.aws_managed_policies_data = json.dumps(subset)  # type: ignore[attr-defined]
+
+
 AWS_SERVICE_LINKED_ROLE_NAMES = {
     "spot.amazonaws.com": "AWSServiceRoleForEC2Spot",
     "spotfleet.amazonaws.com": "AWSServiceRoleForEC2SpotFleet",

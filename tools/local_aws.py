@@ -107,6 +107,7 @@ def embedded_aws(asynchronous_slr_deletion: bool = False, **environment: str) ->
 
     port = free_port()
     set_environment(f"http://127.0.0.1:{port}", **environment)
+    fidelity.use_only_the_managed_policies_rolekeeper_needs()
     tasks = fidelity.DeletionTasks(asynchronous=asynchronous_slr_deletion)
     patcher = pytest.MonkeyPatch()
     fidelity.install(patcher, tasks)
