@@ -313,20 +313,18 @@ class Provisioner:
 
     def _delete_role(self, request: Request, name: str) -> None:
         key = role_key(name)
-        claim = self.registry.release(key, request.stack_id, request.logical_id)
-        if claim is None:
+        if not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to delete", role_name=name)
             return
-        if claim.on_delete != "Delete":
+        on_delete = str((request.properties or {}).get("OnDelete", "Retain")).strip().lower()
+        if on_delete != "delete":
             logger.info("claim released; role retained", role_name=name)
             return
-        record = self.registry.get(key)
-        if record is None or not record.created or record.claims:
+        record = self.registry.forget_if_unclaimed(key)
+        if record is None:
             logger.info(
-                "claim released; role retained",
+                "claim released; role retained (other claims remain, or rolekeeper did not create it)",
                 role_name=name,
-                created_by_rolekeeper=bool(record and record.created),
-                remaining_claims=len(record.claims) if record else 0,
             )
             return
         if record.kind == "slr":
@@ -336,12 +334,10 @@ class Provisioner:
             spec = RoleSpec.from_dict(record.desired)
             iam.delete_role(name, name if spec.instance_profile else None)
             logger.info("role deleted", role_name=name)
-        self.registry.forget(key)
 
     def _delete_grant(self, request: Request, physical_id: str) -> None:
         key = grant_key(physical_id)
-        claim = self.registry.release(key, request.stack_id, request.logical_id)
-        if claim is None:
+        if not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to revoke", physical_id=physical_id)
             return
         record = self.registry.get(key)

@@ -84,6 +84,14 @@ def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
 
+def _cancelled_by(error: Exception) -> list[bool] | None:
+    """For a cancelled transaction, which of its items failed their condition; None otherwise."""
+    if aws.error_code(error) != "TransactionCanceledException":
+        return None
+    reasons = getattr(error, "response", {}).get("CancellationReasons", [])
+    return [r.get("Code") == "ConditionalCheckFailed" for r in reasons] or None
+
+
 def _claim(item: dict[str, Any]) -> Claim:
     return Claim(
         stack_id=item["stack_id"]["S"],
@@ -145,28 +153,100 @@ class Registry:
         )
         return bool(result["Attributes"]["created"]["BOOL"])
 
+    # Claims and the object's claim_count change together in one transaction, so concurrent stacks
+    # never lose a claim and exactly one Delete sees the count reach zero.
     def claim(self, key: str, claim: Claim) -> None:
-        aws.dynamodb().put_item(
-            TableName=self.table,
-            Item={
-                "pk": _s(key),
-                "sk": _s(claim.sk),
-                "stack_id": _s(claim.stack_id),
-                "logical_id": _s(claim.logical_id),
-                "heal": {"BOOL": claim.heal},
-                "on_delete": _s(claim.on_delete),
-            },
-        )
+        from botocore.exceptions import ClientError
 
-    def release(self, key: str, stack_id: str, logical_id: str) -> Claim | None:
-        """Remove one claim; returns it if it was there."""
-        result = aws.dynamodb().delete_item(
-            TableName=self.table,
-            Key={"pk": _s(key), "sk": _s(Claim(stack_id, logical_id).sk)},
-            ReturnValues="ALL_OLD",
-        )
+        item: dict[str, Any] = {
+            "pk": _s(key),
+            "sk": _s(claim.sk),
+            "stack_id": _s(claim.stack_id),
+            "logical_id": _s(claim.logical_id),
+            "heal": {"BOOL": claim.heal},
+            "on_delete": _s(claim.on_delete),
+        }
+        db = aws.dynamodb()
+        try:
+            db.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": item,
+                            "ConditionExpression": "attribute_not_exists(sk)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": {"pk": _s(key), "sk": _s(OBJECT)},
+                            "UpdateExpression": "ADD claim_count :one",
+                            "ExpressionAttributeValues": {":one": {"N": "1"}},
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            if _cancelled_by(error) != [True, False]:
+                raise
+            db.put_item(TableName=self.table, Item=item)  # claimed already: refresh Heal/OnDelete only
+
+    def release(self, key: str, stack_id: str, logical_id: str) -> bool:
+        """Remove one claim; False if this resource held none."""
+        from botocore.exceptions import ClientError
+
+        claim_key = {"pk": _s(key), "sk": _s(Claim(stack_id, logical_id).sk)}
+        db = aws.dynamodb()
+        try:
+            db.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.table,
+                            "Key": claim_key,
+                            "ConditionExpression": "attribute_exists(sk)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": {"pk": _s(key), "sk": _s(OBJECT)},
+                            "UpdateExpression": "ADD claim_count :minus",
+                            "ConditionExpression": "attribute_exists(pk)",
+                            "ExpressionAttributeValues": {":minus": {"N": "-1"}},
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            failed = _cancelled_by(error)
+            if failed is None:
+                raise
+            if failed[0]:
+                return False
+            db.delete_item(TableName=self.table, Key=claim_key)  # a claim left without its object
+        return True
+
+    def forget_if_unclaimed(self, key: str) -> Record | None:
+        """Remove the object if rolekeeper created it and no claim remains; returns it if removed.
+        Conditional, so of concurrent last Deletes exactly one gets it (and deletes the AWS object)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            result = aws.dynamodb().delete_item(
+                TableName=self.table,
+                Key={"pk": _s(key), "sk": _s(OBJECT)},
+                ConditionExpression="created = :true AND (attribute_not_exists(claim_count) OR claim_count <= :zero)",
+                ExpressionAttributeValues={":true": {"BOOL": True}, ":zero": {"N": "0"}},
+                ReturnValues="ALL_OLD",
+            )
+        except ClientError as error:
+            if aws.error_code(error) == "ConditionalCheckFailedException":
+                return None
+            raise
         old = result.get("Attributes")
-        return _claim(old) if old else None
+        return _record(old) if old else None
 
     def get(self, key: str) -> Record | None:
         """The object and its claims, read consistently in one query."""
