@@ -85,19 +85,20 @@ MINIMUM: dict[str, tuple[int, int, int]] = {
     # GetRole of AWSServiceRoleForEC2SpotFleet (its RoleId is part of the grant Name); DescribeKey
     # (customer managed? key ARN) + CreateGrant; one TransactWriteItems (object + claim).
     "Grant create": (1, 2, 1),
-    # DeleteItem ALL_OLD releases the claim and returns its OnDelete (Retain: done).
+    # One TransactWriteItems releases the claim and decrements the object's claim_count (Retain: done).
     "SLR delete (Retain)": (0, 0, 1),
-    # Release, then a consistent read of the remaining claims (some remain: done).
+    # Release, then the conditional delete of the object (claims remain: the condition fails). The
+    # condition is what makes exactly one of concurrent last Deletes delete the role.
     "SLR delete (Delete, claims remain)": (0, 0, 2),
-    # Release, read remaining claims (none), forget the object; DeleteServiceLinkedRole.
-    "SLR delete (Delete, last claim)": (1, 0, 3),
+    # Release, conditional delete of the object (succeeds); DeleteServiceLinkedRole.
+    "SLR delete (Delete, last claim)": (1, 0, 2),
     # CreateRole (tags included), GetRole until IAM returns it, AttachRolePolicy,
     # CreateInstanceProfile, AddRoleToInstanceProfile; one TransactWriteItems.
     "ecs-instance create (absent)": (5, 0, 1),
     # ListInstanceProfilesForRole, ListAttachedRolePolicies, ListRolePolicies (others may have added
     # pieces; DeleteRole fails while any remain) + RemoveRoleFromInstanceProfile,
-    # DeleteInstanceProfile, DetachRolePolicy, DeleteRole; release, read claims, forget.
-    "ecs-instance delete (Delete, last claim)": (7, 0, 3),
+    # DeleteInstanceProfile, DetachRolePolicy, DeleteRole; release, conditional delete of the object.
+    "ecs-instance delete (Delete, last claim)": (7, 0, 2),
     # GetRole (missing) + CreateRole, GetRole, AttachRolePolicy, CreateInstanceProfile,
     # AddRoleToInstanceProfile; Query record+claims, one conditional UpdateItem taking the lease and
     # counting the heal, one UpdateItem recording the new RoleId and dropping the lease.

@@ -116,19 +116,28 @@ class Healer:
     # --- roles ----------------------------------------------------------------------------------
 
     def heal_role(
-        self, name: str, *, deletion_task_id: str | None = None, actual: Actual | None = None
+        self,
+        name: str,
+        *,
+        deletion_task_id: str | None = None,
+        actual: Actual | None = None,
+        record: Record | None = None,
+        observed_at: float | None = None,
     ) -> Result:
-        record = self.registry.get(role_key(name))
+        """record and actual may come from the scheduled reconcile's paged reads (at observed_at)."""
+        record = record or self.registry.get(role_key(name))
         if (ignored := self._eligible(record, name)) is not None:
             return ignored
         assert record is not None
         if deletion_task_id and (in_use := self._await_deletion(name, deletion_task_id)):
             return in_use
-        actual = actual or Actual.read(name, with_pieces=record.kind == "role")
+        if actual is None or observed_at is None:
+            observed_at = self.now()
+            actual = Actual.read(name, with_pieces=record.kind == "role")
         problems = drift(record, actual)
         if not problems:
             return Result("healthy", name)
-        return self._repair(record, name, problems)
+        return self._repair(record, name, problems, observed_at)
 
     def _await_deletion(self, name: str, task_id: str) -> Result | None:
         for delay in DELETION_POLL_DELAYS:
@@ -140,7 +149,7 @@ class Healer:
             sleep(delay)
         raise RetryLater(f"deletion of {name} still in progress ({task_id})")
 
-    def _repair(self, record: Record, name: str, problems: list[str]) -> Result:
+    def _repair(self, record: Record, name: str, problems: list[str], observed_at: float) -> Result:
         summary = ", ".join(problems)
         if self.reporting:
             notify(
@@ -154,6 +163,7 @@ class Healer:
             name,
             summary,
             lambda: bool(drift(record, Actual.read(name, with_pieces=record.kind == "role"))),
+            observed_at,
         )
         if blocked is not None:
             return blocked
@@ -175,7 +185,7 @@ class Healer:
             if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
                 changes += self._reissue_grants(name)
         finally:
-            self.registry.end_heal(record.key)
+            self.registry.end_heal(record.key, healed_at=self.now())
         notify(
             self.settings.notification_topic_arn,
             f"rolekeeper healed {name}",
@@ -184,14 +194,17 @@ class Healer:
         return Result("healed", name, summary, changes)
 
     def _acquire(
-        self, record: Record, name: str, summary: str, still_needed: Callable[[], bool]
+        self, record: Record, name: str, summary: str, still_needed: Callable[[], bool], observed_at: float
     ) -> Result | None:
-        """Take the heal lease, confirm the damage is still there, count the heal. None: go ahead
-        (the caller holds the lease and ends it); otherwise the reason not to heal now."""
-        if not self.registry.begin_heal(record.key, now=self.now(), lease_seconds=LEASE_SECONDS):
+        """Take the heal lease, confirm the damage is still there if a heal ended since it was
+        observed, count the heal. None: go ahead (the caller holds the lease and ends it);
+        otherwise the reason not to heal now."""
+        taken, last_healed = self.registry.begin_heal(record.key, now=self.now(), lease_seconds=LEASE_SECONDS)
+        if not taken:
             return Result("coalesced", name, "another invocation is healing it")
         try:
-            if not still_needed():
+            # 2 s of slack for clocks that differ between invocations.
+            if last_healed >= observed_at - 2 and not still_needed():
                 self.registry.end_heal(record.key)
                 return Result("coalesced", name, "already healed by another invocation")
             if not self.registry.count_heal(record.key, now=self.now(), limit=self.settings.heal_rate_limit):
@@ -238,13 +251,21 @@ class Healer:
 
     # --- grants ---------------------------------------------------------------------------------
 
-    def heal_grant(self, grant_id: str, *, exists: bool | None = None) -> Result:
-        record = self.registry.grant_by_id(grant_id)
+    def heal_grant(
+        self,
+        grant_id: str,
+        *,
+        exists: bool | None = None,
+        record: Record | None = None,
+        observed_at: float | None = None,
+    ) -> Result:
+        record = record or self.registry.grant_by_id(grant_id)
         if (ignored := self._eligible(record, grant_id)) is not None:
             return ignored
         assert record is not None
         spec = GrantSpec.from_dict(record.desired)
-        if exists is None:
+        if exists is None or observed_at is None:
+            observed_at = self.now()
             exists = kms.grant_exists(spec.key_arn, grant_id)
         if exists:
             return Result("healthy", grant_id)
@@ -256,7 +277,11 @@ class Healer:
                 "ignored", grant_id, f"{spec.grantee_role_name} is missing; its heal re-issues the grant"
             )
         blocked = self._acquire(
-            record, grant_id, "grant retired or revoked", lambda: not kms.grant_exists(spec.key_arn, grant_id)
+            record,
+            grant_id,
+            "grant retired or revoked",
+            lambda: not kms.grant_exists(spec.key_arn, grant_id),
+            observed_at,
         )
         if blocked is not None:
             return blocked
@@ -264,7 +289,7 @@ class Healer:
             outcome = converge_grant(spec, grantee)
             self._record_grant(record, outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id)
         finally:
-            self.registry.end_heal(record.key)
+            self.registry.end_heal(record.key, healed_at=self.now())
         notify(
             self.settings.notification_topic_arn,
             "rolekeeper re-issued a KMS grant",
@@ -276,6 +301,7 @@ class Healer:
 
     def reconcile_all(self) -> list[Result]:
         """Every registered object checked against IAM and KMS listed in pages, not one call each."""
+        observed_at = self.now()
         records = [r for r in self.registry.all() if r.claims and r.healable]
         roles: dict[str, dict[str, Any]] = {}
         if any(r.kind in ("slr", "role") for r in records):
@@ -292,12 +318,21 @@ class Healer:
                     if key_arn not in grants_by_key:
                         grants_by_key[key_arn] = kms.grant_ids(key_arn)
                     grant_id = record.attrs["grant_id"]
-                    results.append(self.heal_grant(grant_id, exists=grant_id in grants_by_key[key_arn]))
+                    results.append(
+                        self.heal_grant(
+                            grant_id,
+                            exists=grant_id in grants_by_key[key_arn],
+                            record=record,
+                            observed_at=observed_at,
+                        )
+                    )
                 else:
                     name = record.attrs.get("name") or record.key.split("#", 1)[1]
                     found = roles.get(name.lower())
                     actual = Actual.from_details(found) if found else Actual(role=None)
-                    results.append(self.heal_role(name, actual=actual))
+                    results.append(
+                        self.heal_role(name, actual=actual, record=record, observed_at=observed_at)
+                    )
             except Exception as error:  # one object's failure must not stop the others
                 logger.exception("reconcile failed for object", key=record.key)
                 results.append(Result("failed", record.key, f"{type(error).__name__}: {error}"))

@@ -111,6 +111,7 @@ def _record(item: dict[str, Any]) -> Record:
         "heal_count",
         "heal_window",
         "heal_lease",
+        "healed_at",
         "updated_at",
     }
     return Record(
@@ -309,12 +310,13 @@ class Registry:
 
     # Healing bookkeeping: a short lease so concurrent invocations heal an object once, and a
     # per-object count in a sliding hour so a fight with someone deleting it stops.
-    def begin_heal(self, key: str, *, now: float, lease_seconds: int) -> bool:
-        """Take the object's heal lease; False when another invocation holds it."""
+    def begin_heal(self, key: str, *, now: float, lease_seconds: int) -> tuple[bool, float]:
+        """Take the object's heal lease. Returns (taken, when the last heal ended: 0 if never);
+        taken is False when another invocation holds the lease."""
         from botocore.exceptions import ClientError
 
         try:
-            aws.dynamodb().update_item(
+            result = aws.dynamodb().update_item(
                 TableName=self.table,
                 Key={"pk": _s(key), "sk": _s(OBJECT)},
                 UpdateExpression="SET heal_lease = :until",
@@ -323,12 +325,13 @@ class Registry:
                     ":until": {"N": str(int(now) + lease_seconds)},
                     ":now": {"N": str(int(now))},
                 },
+                ReturnValues="ALL_OLD",
             )
         except ClientError as error:
             if aws.error_code(error) == "ConditionalCheckFailedException":
-                return False
+                return False, 0.0
             raise
-        return True
+        return True, float(result.get("Attributes", {}).get("healed_at", {}).get("N", "0"))
 
     def count_heal(self, key: str, *, now: float, limit: int, window: int = 3600) -> bool:
         """Count one heal in the object's hour; False (nothing counted) when the limit is reached."""
@@ -370,9 +373,11 @@ class Registry:
             raise
         return True
 
-    def end_heal(self, key: str) -> None:
-        aws.dynamodb().update_item(
-            TableName=self.table,
-            Key={"pk": _s(key), "sk": _s(OBJECT)},
-            UpdateExpression="REMOVE heal_lease",
-        )
+    def end_heal(self, key: str, *, healed_at: float | None = None) -> None:
+        kwargs: dict[str, Any] = {"UpdateExpression": "REMOVE heal_lease"}
+        if healed_at is not None:
+            kwargs = {
+                "UpdateExpression": "SET healed_at = :t REMOVE heal_lease",
+                "ExpressionAttributeValues": {":t": {"N": f"{healed_at:.3f}"}},
+            }
+        aws.dynamodb().update_item(TableName=self.table, Key={"pk": _s(key), "sk": _s(OBJECT)}, **kwargs)
