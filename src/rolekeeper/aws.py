@@ -11,8 +11,9 @@ if TYPE_CHECKING:
     from mypy_boto3_iam.client import IAMClient
     from mypy_boto3_kms.client import KMSClient
 
-# Standard retry mode retries throttling and 5xx with backoff; the totals keep every call well inside
-# the function's deadline (4 attempts x 10 s read timeout at worst).
+# Standard retry mode retries throttling, 5xx and timeouts with backoff. max_attempts counts the
+# retries: 5 attempts x 10 s read timeout at worst, inside the provisioner's 120 s (and the handler
+# answers FAILED 8 s before its deadline whatever is still running).
 RETRIES = {"mode": "standard", "max_attempts": 4}
 CONNECT_TIMEOUT = 3
 READ_TIMEOUT = 10
@@ -29,7 +30,22 @@ def client(service: str, region: str | None = None) -> Any:
         read_timeout=READ_TIMEOUT,
         user_agent_extra="rolekeeper",
     )
-    return boto3.client(service, region_name=region, config=config)  # type: ignore[call-overload]
+    made = boto3.client(service, region_name=region, config=config)  # type: ignore[call-overload]
+    made.meta.events.register("after-call-error", _name_the_operation)
+    return made
+
+
+def _name_the_operation(exception: BaseException, event_name: str = "", **_: Any) -> None:
+    """Connection errors and timeouts do not say which call failed; the Reason should."""
+    setattr(exception, "rolekeeper_operation", event_name.rsplit(".", 1)[-1])  # noqa: B010
+
+
+def operation_of(exception: BaseException) -> str:
+    return str(
+        getattr(exception, "rolekeeper_operation", "")
+        or getattr(exception, "operation_name", "")
+        or "AWS call"
+    )
 
 
 def iam() -> IAMClient:

@@ -82,6 +82,11 @@ def drift(record: Record, actual: Actual) -> list[str]:
     """What differs from the recorded desired state (additive only: never what others added)."""
     if actual.role is None:
         return ["role missing"]
+    if record.kind == "slr":
+        # Recreated outside rolekeeper (or a re-issue of its grants failed part-way): the grants
+        # registered for the old unique id no longer apply to it.
+        known = record.attrs.get("role_id")
+        return ["role recreated with a new unique id"] if known and actual.role.get("RoleId") != known else []
     if record.kind != "role":
         return []
     spec = RoleSpec.from_dict(record.desired)
@@ -174,6 +179,11 @@ class Healer:
                 outcome = converge_role(
                     RoleSpec.from_dict(record.desired), rollback=False, restore_trust=True
                 )
+            changes = [*outcome.changes]
+            if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
+                changes += self._reissue_grants(name)
+            # Recorded last: if a grant re-issue failed, the old RoleId stays and the retry (or the
+            # schedule) sees the role as recreated and re-issues again.
             self.registry.record(
                 record.key,
                 record.kind,
@@ -181,9 +191,6 @@ class Healer:
                 created_now=outcome.created,
                 attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
             )
-            changes = [*outcome.changes]
-            if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
-                changes += self._reissue_grants(name)
         finally:
             self.registry.end_heal(record.key, healed_at=self.now())
         notify(
@@ -229,9 +236,11 @@ class Healer:
             spec = GrantSpec.from_dict(grant.desired)
             stale = grant.attrs.get("grant_id", "")
             outcome = converge_grant(spec, grantee)
-            self._record_grant(grant, outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id)
             if stale and stale != outcome.grant_id:
                 kms.revoke_grant(spec.key_arn, stale)
+            # Recorded after the revoke: a retry then still knows the stale id (and CreateGrant's
+            # Name idempotency returns the same new grant).
+            self._record_grant(grant, outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id)
             done.append(f"grant re-issued on {spec.key_arn}")
         return done
 

@@ -42,7 +42,7 @@ def _on_delete(value: Any) -> Any:
 
 def _matching(pattern: re.Pattern[str], what: str) -> Any:
     def check(value: Any) -> Any:
-        if isinstance(value, str) and not pattern.match(value):
+        if isinstance(value, str) and not pattern.fullmatch(value):
             raise ValueError(f"must be {what}")
         return value
 
@@ -158,7 +158,7 @@ class SpotFleetKmsGrantProperties(_Properties):
     @field_validator("key_id")
     @classmethod
     def _key(cls, key_id: str) -> str:
-        if not (KEY_ARN.match(key_id) or KEY_ID.match(key_id)):
+        if not (KEY_ARN.fullmatch(key_id) or KEY_ID.fullmatch(key_id)):
             raise ValueError(
                 "must be a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>) or key id"
             )
@@ -247,6 +247,6 @@ def parse(resource_type: str, properties: Any) -> Properties:
     # ServiceToken and ServiceTimeout belong to CloudFormation's custom resource, not to us.
     given = {k: v for k, v in properties.items() if k not in ("ServiceToken", "ServiceTimeout")}
     try:
-        return model.model_validate(given)
+        return model.model_validate(given, by_alias=True, by_name=False)
     except ValidationError as error:
         raise InvalidRequest(describe(error, model)) from None

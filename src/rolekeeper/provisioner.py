@@ -213,7 +213,14 @@ class Provisioner:
                 logger.warning(
                     "registry write failed; removing the role this request created", role_name=outcome.name
                 )
-                rollback()
+                try:
+                    rollback()
+                except Exception:
+                    logger.exception("could not remove the role this request created", role_name=outcome.name)
+                try:  # and the record that says rolekeeper created it, or a later adopter could delete theirs
+                    self.registry.forget(key)
+                except Exception:
+                    logger.exception("could not remove the registry record", key=key)
             raise
         return created
 
@@ -293,7 +300,7 @@ class Provisioner:
 
     def abandon(self, request: Request, response: Response) -> None:
         """Undo the claim of a request whose answer (FAILED at the deadline) already went out."""
-        if match := ROLE_ARN.match(response.physical_id):
+        if match := ROLE_ARN.fullmatch(response.physical_id):
             self.registry.release(role_key(match.group(4)), request.stack_id, request.logical_id)
         elif response.physical_id != request.physical_id and "#" in response.physical_id:
             self._delete_grant(request, response.physical_id)
@@ -303,47 +310,69 @@ class Provisioner:
 
     def delete(self, request: Request) -> Response:
         physical_id = request.physical_id or ""
-        if (match := ROLE_ARN.match(physical_id)) and match.group(2) == request.scope.account:
+        if (match := ROLE_ARN.fullmatch(physical_id)) and match.group(2) == request.scope.account:
             self._delete_role(request, match.group(4))
-        elif GRANT_PHYSICAL_ID.match(physical_id):
+        elif GRANT_PHYSICAL_ID.fullmatch(physical_id):
             self._delete_grant(request, physical_id)
         else:
             logger.info("physical id not produced by rolekeeper; nothing to delete", physical_id=physical_id)
         return Response(physical_id)
+
+    def _released_claim(self, request: Request) -> Claim:
+        """The claim this request held, rebuilt from its properties (to restore it after a failure)."""
+        props = request.properties or {}
+        heal = str(props.get("Heal", "true")).strip().lower() != "false"
+        on_delete = "Delete" if str(props.get("OnDelete", "Retain")).strip().lower() == "delete" else "Retain"
+        return Claim(request.stack_id, request.logical_id, heal, on_delete)
 
     def _delete_role(self, request: Request, name: str) -> None:
         key = role_key(name)
         if not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to delete", role_name=name)
             return
-        on_delete = str((request.properties or {}).get("OnDelete", "Retain")).strip().lower()
-        if on_delete != "delete":
+        claim = self._released_claim(request)
+        if claim.on_delete != "Delete":
             logger.info("claim released; role retained", role_name=name)
             return
-        record = self.registry.forget_if_unclaimed(key)
-        if record is None:
-            logger.info(
-                "claim released; role retained (other claims remain, or rolekeeper did not create it)",
-                role_name=name,
-            )
-            return
-        if record.kind == "slr":
-            task_id = iam.delete_service_linked_role(name)
-            logger.info("service-linked role deletion submitted", role_name=name, deletion_task_id=task_id)
-        else:
-            spec = RoleSpec.from_dict(record.desired)
-            iam.delete_role(name, name if spec.instance_profile else None)
-            logger.info("role deleted", role_name=name)
+        record = None
+        try:
+            record = self.registry.forget_if_unclaimed(key)
+            if record is None:
+                logger.info(
+                    "claim released; role retained (other claims remain, or rolekeeper did not create it)",
+                    role_name=name,
+                )
+                return
+            if record.kind == "slr":
+                task_id = iam.delete_service_linked_role(name)
+                logger.info(
+                    "service-linked role deletion submitted", role_name=name, deletion_task_id=task_id
+                )
+            else:
+                spec = RoleSpec.from_dict(record.desired)
+                iam.delete_role(name, name if spec.instance_profile else None)
+                logger.info("role deleted", role_name=name)
+        except Exception:
+            # Put the claim (and the record) back so CloudFormation's retry of this Delete finishes it.
+            if record is not None:
+                self.registry.record(key, record.kind, record.desired, created_now=True, attrs=record.attrs)
+            self.registry.claim(key, claim)
+            raise
 
     def _delete_grant(self, request: Request, physical_id: str) -> None:
         key = grant_key(physical_id)
         if not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to revoke", physical_id=physical_id)
             return
-        record = self.registry.get(key)
-        key_arn, original = physical_id.rsplit("#", 1)
-        current = record.attrs.get("grant_id", original) if record else original
-        for grant_id in dict.fromkeys((current, original)):
-            revoked = kms.revoke_grant(key_arn, grant_id)
-            logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
-        self.registry.forget(key)
+        try:
+            record = self.registry.get(key)
+            key_arn, original = physical_id.rsplit("#", 1)
+            current = record.attrs.get("grant_id", original) if record else original
+            for grant_id in dict.fromkeys((current, original)):
+                revoked = kms.revoke_grant(key_arn, grant_id)
+                logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
+            self.registry.forget(key)
+        except Exception:
+            claim = self._released_claim(request)
+            self.registry.claim(key, Claim(claim.stack_id, claim.logical_id, claim.heal, "Delete"))
+            raise

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
 
 from rolekeeper import iam, kms
 from rolekeeper.catalog import LINKED_SERVICES
@@ -208,24 +209,31 @@ def converge_role(
     the blueprint's principal is someone else's and is refused, unless the healer is restoring the
     trust policy of a role rolekeeper holds (restore_trust=True)."""
     role = iam.get_role(spec.name)
+    ours = False
     if role is None:
-        iam.create_role(
-            spec.name,
-            spec.path,
-            {"Version": "2012-10-17", "Statement": [spec.trust_statement]},
-            f"Managed by rolekeeper (blueprint {spec.blueprint})",
-            spec.boundary,
-            spec.tags,
-        )
+        description = f"Managed by rolekeeper (blueprint {spec.blueprint})"
+        trust = {"Version": "2012-10-17", "Statement": [spec.trust_statement]}
+        try:
+            iam.create_role(spec.name, spec.path, trust, description, spec.boundary, spec.tags)
+            ours = True
+        except ClientError as error:
+            if not iam.already_exists(error):
+                raise
+            # Made concurrently, or this CreateRole succeeded but its answer was lost (a timeout
+            # that botocore retried): a role carrying rolekeeper's description is rolekeeper's.
+            role = iam.wait_for_role(spec.name)
+            ours = role.get("Description") == description
+    if ours:
         made: set[str] = set()
         try:
-            role = iam.wait_for_role(spec.name)
+            role = role or iam.wait_for_role(spec.name)
             outcome = _complete(spec, previous, role, created=True, made=made)
         except Exception:
             if rollback:
                 undo_created_role(spec.name, profile_created="profile" in made)
             raise
         return outcome
+    assert role is not None  # read or created above
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
     if not restore_trust and not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals):

@@ -47,16 +47,17 @@ def _run(action: str, event: dict[str, Any]) -> str:
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)
         raise
     except ClientError as error:
-        operation = getattr(error, "operation_name", "AWS call")
+        operation = aws.operation_of(error)
         logger.exception("AWS call failed", operation=operation)
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)
         raise RolekeeperError(
             f"{operation} failed: {aws.error_code(error)}: {aws.error_message(error)}"
         ) from None
     except BotoCoreError as error:
-        logger.exception("AWS call failed")
+        operation = aws.operation_of(error)
+        logger.exception("AWS call failed", operation=operation)
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)
-        raise RolekeeperError(f"AWS call failed: {error}") from None
+        raise RolekeeperError(f"{operation} failed: {type(error).__name__}: {error}") from None
     except Exception as error:
         logger.exception("request failed")
         metrics.add_metric(name="RequestFailed", unit="Count", value=1)

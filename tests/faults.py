@@ -1,0 +1,286 @@
+"""AWS faults injected where botocore sends a request, so its standard retry mode is exercised.
+
+A handler on a rolekeeper client's `before-send.<service>` event answers the armed operation with
+an error response (the status and body the service would send) or raises ReadTimeoutError, for
+the first N attempts or for every attempt. Every attempt is recorded with botocore's own attempt
+number (the `amz-sdk-request: attempt=N; max=M` header standard mode adds).
+
+moto answers requests from a less specific `before-send` handler that botocore calls after ours
+whatever ours returned; a faulted request's URL is pointed away from AWS so moto leaves it alone
+(a throttled or refused call must not also have happened).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import time
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ReadTimeoutError
+
+THROTTLING = "throttling"
+UNAVAILABLE = "5xx"
+DENIED = "access-denied"
+TIMEOUT = "read-timeout"
+FAULTS = (THROTTLING, UNAVAILABLE, DENIED, TIMEOUT)
+TRANSIENT = (THROTTLING, UNAVAILABLE, TIMEOUT)
+
+# status, error code per service (IAM speaks the query protocol, KMS and DynamoDB JSON).
+ERRORS: dict[str, tuple[int, dict[str, str]]] = {
+    THROTTLING: (400, {"iam": "Throttling", "kms": "ThrottlingException", "dynamodb": "ThrottlingException"}),
+    UNAVAILABLE: (
+        503,
+        {"iam": "ServiceUnavailable", "kms": "ServiceUnavailable", "dynamodb": "ServiceUnavailable"},
+    ),
+    DENIED: (
+        403,
+        {"iam": "AccessDenied", "kms": "AccessDeniedException", "dynamodb": "AccessDeniedException"},
+    ),
+}
+
+SERVICE = {
+    **dict.fromkeys(
+        (
+            "GetRole",
+            "CreateServiceLinkedRole",
+            "UpdateRole",
+            "DeleteServiceLinkedRole",
+            "GetServiceLinkedRoleDeletionStatus",
+            "CreateRole",
+            "UpdateAssumeRolePolicy",
+            "ListAttachedRolePolicies",
+            "AttachRolePolicy",
+            "DetachRolePolicy",
+            "TagRole",
+            "PutRolePermissionsBoundary",
+            "GetInstanceProfile",
+            "CreateInstanceProfile",
+            "AddRoleToInstanceProfile",
+            "RemoveRoleFromInstanceProfile",
+            "DeleteInstanceProfile",
+            "ListInstanceProfilesForRole",
+            "ListRolePolicies",
+            "DeleteRole",
+            "GetAccountAuthorizationDetails",
+        ),
+        "iam",
+    ),
+    **dict.fromkeys(("DescribeKey", "CreateGrant", "ListGrants", "RevokeGrant"), "kms"),
+    **dict.fromkeys(
+        ("UpdateItem", "PutItem", "DeleteItem", "Query", "Scan", "TransactWriteItems"), "dynamodb"
+    ),
+}
+
+NOWHERE = "https://fault-injected.invalid/"
+CALLER = "arn:aws:sts::123456789012:assumed-role/rolekeeper-ProvisionerFunctionRole-1A2B3C4D5E6F/rolekeeper-ProvisionerFunction-Q1w2E3r4T5y6"
+
+
+def error_code(operation: str, fault: str) -> str:
+    return ERRORS[fault][1][SERVICE[operation]]
+
+
+def message(operation: str, fault: str) -> str:
+    service = SERVICE[operation]
+    if fault == DENIED:
+        # As long as AWS writes it: the Reason must still fit in 256 characters.
+        return (
+            f"User: {CALLER} is not authorized to perform: {service}:{operation} on resource: "
+            f"arn:aws:{service}::123456789012:* because no identity-based policy allows the "
+            f"{service}:{operation} action"
+        )
+    if fault == THROTTLING:
+        return "Rate exceeded"
+    return "Service is unavailable. Please try again later."
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_kwargs: Any) -> Iterator[bytes]:
+        yield self._data
+
+
+def error_response(url: str, operation: str, fault: str, text: str | None = None) -> AWSResponse:
+    status, codes = ERRORS[fault]
+    service = SERVICE[operation]
+    code = codes[service]
+    text = message(operation, fault) if text is None else text
+    if service == "iam":
+        kind = "Sender" if status < 500 else "Receiver"
+        body = (
+            '<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
+            f"<Error><Type>{kind}</Type><Code>{code}</Code><Message>{text}</Message></Error>"
+            "<RequestId>0c9d7a4e-6f1b-4e3a-9b2d-fa017e5c3b21</RequestId></ErrorResponse>"
+        ).encode()
+        headers = {"Content-Type": "text/xml", "x-amzn-RequestId": "0c9d7a4e-6f1b-4e3a-9b2d-fa017e5c3b21"}
+    else:
+        version = "1.1" if service == "kms" else "1.0"
+        body = json.dumps({"__type": code, "message": text}).encode()
+        headers = {
+            "Content-Type": f"application/x-amz-json-{version}",
+            "x-amzn-RequestId": "0c9d7a4e-6f1b-4e3a-9b2d-fa017e5c3b21",
+        }
+    return AWSResponse(url, status, headers, _Body(body))  # type: ignore[arg-type]
+
+
+@dataclass
+class Attempt:
+    operation: str
+    attempt: int
+    max_attempts: int
+    injected: str | None  # the fault, or None when the call went through
+    at: float
+
+
+@dataclass
+class Armed:
+    fault: str
+    remaining: int | None  # None: every attempt
+    hang: float = 0.0  # "hang": sleep, then let the call through
+    applied: bool = False  # TIMEOUT after the service carried the call out
+
+
+@dataclass
+class Faults:
+    """Arms faults per operation on rolekeeper's (per-test cached) clients; records every attempt."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    armed: dict[str, Armed] = field(default_factory=dict)
+    backoff: list[float] = field(default_factory=list)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> Faults:
+        """Hook every client rolekeeper.aws makes from now on (aws.iam(), aws.kms(), aws.dynamodb()),
+        as it makes it: a test that never touches KMS does not pay for a KMS client."""
+        from rolekeeper import aws
+
+        make = aws.client.__wrapped__  # the uncached function: the cache below replaces it
+
+        @cache
+        def client(service: str, *args: Any) -> Any:
+            made = make(service, *args)
+            service_id = made.meta.service_model.service_id.hyphenize()
+            made.meta.events.register(f"before-send.{service_id}", self._before_send)
+            return made
+
+        monkeypatch.setattr(aws, "client", client)
+        # botocore's retry backoff (endpoint.py calls time.sleep): record it, do not wait.
+        import botocore.endpoint
+
+        monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=self.backoff.append))
+        return self
+
+    def arm(self, operation: str, fault: str, times: int | None = None) -> None:
+        assert operation in SERVICE, operation
+        self.armed[operation] = Armed(fault, times)
+
+    def hang(self, operation: str, seconds: float, times: int | None = 1) -> None:
+        self.armed[operation] = Armed("hang", times, hang=seconds)
+
+    def time_out_after_applying(self, operation: str, times: int | None = 1) -> None:
+        self.armed[operation] = Armed(TIMEOUT, times, applied=True)
+
+    def disarm(self) -> None:
+        self.armed.clear()
+
+    def forget(self) -> None:
+        """Drop what was recorded so far (the setup's calls)."""
+        self.attempts.clear()
+        self.backoff.clear()
+
+    @contextmanager
+    def only(self, operation: str, fault: str, times: int | None = None) -> Iterator[None]:
+        self.arm(operation, fault, times)
+        try:
+            yield
+        finally:
+            self.disarm()
+
+    def calls(self, operation: str) -> list[Attempt]:
+        return [a for a in self.attempts if a.operation == operation]
+
+    def injected(self, operation: str) -> list[Attempt]:
+        return [a for a in self.calls(operation) if a.injected]
+
+    def operations(self) -> list[str]:
+        return [a.operation for a in self.attempts]
+
+    def _before_send(self, request: Any, event_name: str, **_kwargs: Any) -> AWSResponse | None:
+        operation = event_name.split(".")[2]
+        header = request.headers.get("amz-sdk-request", b"")
+        header = header.decode() if isinstance(header, bytes) else str(header)
+        match = re.search(r"attempt=(\d+); max=(\d+)", header)
+        attempt, most = (int(match.group(1)), int(match.group(2))) if match else (1, 1)
+        armed = self.armed.get(operation)
+        fire = armed is not None and (armed.remaining is None or armed.remaining > 0)
+        record = Attempt(operation, attempt, most, armed.fault if fire and armed else None, time.monotonic())
+        self.attempts.append(record)
+        if not fire or armed is None:
+            return None
+        if armed.remaining is not None:
+            armed.remaining -= 1
+        if armed.hang:
+            record.injected = None
+            time.sleep(armed.hang)
+            return None
+        if armed.fault == TIMEOUT:
+            if armed.applied:
+                from moto.core.models import botocore_stubber
+
+                botocore_stubber(event_name, request)  # the service does it; the answer is lost
+            raise ReadTimeoutError(endpoint_url=request.url)
+        url = request.url
+        request.url = NOWHERE
+        return error_response(url, operation, armed.fault)
+
+
+@cache
+def _session() -> Any:
+    import boto3
+
+    return boto3.session.Session()
+
+
+@cache
+def plain(service: str) -> Any:
+    """A client of the tests' own for reading AWS back: not rolekeeper's (not faulted, not counted).
+    Made once: moto's stub answers any client while a mock is active."""
+    return _session().client(service)
+
+
+@contextmanager
+def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None) -> Iterator[None]:
+    """conftest's `aws` fixture (moto, the fidelity layer, the registry table), cheap enough to run
+    hundreds of times: one boto3 session for the whole run (moto resets boto3's default session on
+    start, and each new one parses every service model again). Fake credentials, the region and
+    the few AWS managed policies moto loads come from conftest."""
+    import boto3
+    from moto import mock_aws
+
+    from rolekeeper import iam
+    from rolekeeper.registry import TABLE_SCHEMA
+    from tests import fidelity
+    from tests.conftest import reset_clients
+
+    monkeypatch.setattr(iam, "sleep", lambda _s: None)
+    fidelity.install(monkeypatch, tasks if tasks is not None else fidelity.DeletionTasks())
+    with mock_aws():
+        boto3.DEFAULT_SESSION = _session()  # moto puts its own value back on stop
+        reset_clients()
+        plain("dynamodb").create_table(
+            TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA)
+        )
+        try:
+            yield
+        finally:
+            reset_clients()
