@@ -48,6 +48,17 @@ EVENTS = ROOT / "events"
 ACCOUNT = "123456789012"
 
 
+def healer_event(name: str, **detail: Any) -> dict[str, Any]:
+    """events/<name> (an EventBridge event) with fields of its detail replaced or merged."""
+    data = json.loads((EVENTS / name).read_text())
+    for key, value in detail.items():
+        if isinstance(value, dict) and isinstance(data["detail"].get(key), dict):
+            data["detail"][key].update(value)
+        else:
+            data["detail"][key] = value
+    return data
+
+
 def load_event(name: str, **overrides: Any) -> dict[str, Any]:
     event = json.loads((EVENTS / name).read_text())
     for key, value in overrides.items():

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack
+from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack, healer_event
 from tests.faults import (
     DENIED,
     FAULTS,
@@ -46,14 +46,7 @@ HEALER_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:rolekeeper-HealerFunc
 REGISTRY = "rolekeeper-test-registry"
 
 
-def event(name: str, **detail: Any) -> dict[str, Any]:
-    data = json.loads((EVENTS / name).read_text())
-    for key, value in detail.items():
-        if isinstance(value, dict) and isinstance(data["detail"].get(key), dict):
-            data["detail"][key].update(value)
-        else:
-            data["detail"][key] = value
-    return data
+event = healer_event
 
 
 # --- the test environment -----------------------------------------------------------------------

@@ -12,21 +12,14 @@ import boto3
 import pytest
 
 from rolekeeper.registry import Registry, role_key
-from tests.conftest import EVENTS, LambdaContext
+from tests.conftest import EVENTS, LambdaContext, healer_event
 
 ECS = "ecsInstanceRole"
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
 ECS_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
 
 
-def event(name: str, **detail: Any) -> dict[str, Any]:
-    data = json.loads((EVENTS / name).read_text())
-    for key, value in detail.items():
-        if isinstance(value, dict) and isinstance(data["detail"].get(key), dict):
-            data["detail"][key].update(value)
-        else:
-            data["detail"][key] = value
-    return data
+event = healer_event
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tests import fidelity
-from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack
+from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack, healer_event
 from tests.faults import fast_aws, plain
 
 STACKS = ("alpha", "bravo", "charlie")
@@ -40,14 +40,7 @@ REGISTRY = "rolekeeper-test-registry"
 HEALER_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:rolekeeper-HealerFunction"
 
 
-def load(name: str, **detail: Any) -> dict[str, Any]:
-    data = json.loads((EVENTS / name).read_text())
-    for key, value in detail.items():
-        if isinstance(value, dict) and isinstance(data["detail"].get(key), dict):
-            data["detail"][key].update(value)
-        else:
-            data["detail"][key] = value
-    return data
+load = healer_event
 
 
 @dataclass
