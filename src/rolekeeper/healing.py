@@ -9,7 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import aws, iam, kms
+from rolekeeper import iam, kms
 from rolekeeper.config import Settings
 from rolekeeper.errors import RolekeeperError
 from rolekeeper.notify import notify
@@ -70,12 +70,7 @@ class Actual:
         role = iam.get_role(name)
         if role is None or not with_pieces:
             return cls(role=role)
-        profiles = aws.iam().list_instance_profiles_for_role(RoleName=name)["InstanceProfiles"]
-        return cls(
-            role=role,
-            attached=iam.attached_policies(name),
-            profiles={p["InstanceProfileName"] for p in profiles},
-        )
+        return cls(role=role, attached=iam.attached_policies(name), profiles=set(iam.profiles_of(name)))
 
 
 def drift(record: Record, actual: Actual) -> list[str]:
@@ -314,10 +309,7 @@ class Healer:
         records = [r for r in self.registry.all() if r.claims and r.healable]
         roles: dict[str, dict[str, Any]] = {}
         if any(r.kind in ("slr", "role") for r in records):
-            paginator = aws.iam().get_paginator("get_account_authorization_details")
-            for page in paginator.paginate(Filter=["Role"]):
-                for detail in page["RoleDetailList"]:
-                    roles[detail["RoleName"].lower()] = dict(detail)
+            roles = {detail["RoleName"].lower(): detail for detail in iam.role_details()}
         grants_by_key: dict[str, set[str]] = {}
         results = []
         for record in records:

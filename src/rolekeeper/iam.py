@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -207,6 +207,25 @@ def delete_instance_profile(name: str) -> None:
             raise
 
 
+def profiles_of(name: str) -> list[str]:
+    """Names of the instance profiles holding the role, listed in pages."""
+    paginator = aws.iam().get_paginator("list_instance_profiles_for_role")
+    return [
+        p["InstanceProfileName"]
+        for page in paginator.paginate(RoleName=name)
+        for p in page["InstanceProfiles"]
+    ]
+
+
+def role_details() -> Iterator[dict[str, Any]]:
+    """Every role with its policies, profiles and trust, from GetAccountAuthorizationDetails pages
+    (one call per page rather than several per role)."""
+    paginator = aws.iam().get_paginator("get_account_authorization_details")
+    for page in paginator.paginate(Filter=["Role"]):
+        for detail in page["RoleDetailList"]:
+            yield dict(detail)
+
+
 def _delete_profile_if_empty(name: str) -> None:
     profile = get_instance_profile(name)
     if profile is not None and not profile.get("Roles"):
@@ -220,11 +239,7 @@ def delete_role(name: str, own_profile: str | None) -> bool:
     """
     iam = aws.iam()
     try:
-        profiles = [
-            p["InstanceProfileName"]
-            for page in iam.get_paginator("list_instance_profiles_for_role").paginate(RoleName=name)
-            for p in page["InstanceProfiles"]
-        ]
+        profiles = profiles_of(name)
         for profile in profiles:
             remove_from_profile(profile, name)
         if own_profile and own_profile in profiles:

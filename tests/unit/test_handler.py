@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,34 +46,6 @@ def no_aws(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(botocore.session.Session, "create_client", refuse)
     monkeypatch.delenv("AWS_SAM_LOCAL", raising=False)
     return made
-
-
-@pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], str]]:
-    """All log output of the test: Powertools' JSON lines (stdout) and the records with extras."""
-    import rolekeeper.observability  # noqa: F401 - makes the service logger and its handler
-
-    caplog.set_level(logging.DEBUG, logger="rolekeeper")
-    streams = [h for h in logging.getLogger("rolekeeper").handlers if isinstance(h, logging.StreamHandler)]
-    before = [h.stream for h in streams]
-    for handler in streams:
-        _point(handler, sys.stdout)
-
-    def text() -> str:
-        out = capsys.readouterr()
-        records = "\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)
-        return f"{out.out}\n{out.err}\n{records}"
-
-    try:
-        yield text
-    finally:
-        for handler, stream in zip(streams, before, strict=True):
-            _point(handler, sys.__stdout__ if getattr(stream, "closed", False) else stream)
-
-
-def _point(handler: logging.StreamHandler[Any], stream: Any) -> None:
-    with handler.lock or threading.RLock():
-        handler.stream = stream
 
 
 def assert_url_not_logged(text: str, event: dict[str, Any]) -> None:
