@@ -24,8 +24,9 @@ os.environ.update(
         "ecs.amazonaws.com,autoscaling.amazonaws.com",
         "ALLOWED_MANAGED_POLICY_ARNS": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore,"
         "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy",
-        "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,ecsInstanceRole,"
+        "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,AmazonEC2SpotFleetTaggingRole,ecsInstanceRole,"
         "AWSBatchServiceRole,app-*,web-app,web-app-*",
+        "ALLOWED_TAG_KEYS": "team,env,owner,app,a,cost-center",
         "HEAL_MODE": "heal",
         "POWERTOOLS_SERVICE_NAME": "rolekeeper",
         "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",
@@ -39,13 +40,15 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests import fidelity
+from tests import cloudformation, fidelity
 
 fidelity.use_only_the_managed_policies_rolekeeper_needs()
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 ACCOUNT = "123456789012"
+# The tag by which an operator opts a customer managed key in to Custom::SpotFleetKmsGrant.
+OPT_IN = [{"TagKey": "rolekeeper:spot-fleet-grants", "TagValue": "allow"}]
 
 
 def healer_event(name: str, **detail: Any) -> dict[str, Any]:
@@ -105,7 +108,19 @@ def deletion_tasks() -> fidelity.DeletionTasks:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, deletion_tasks: fidelity.DeletionTasks) -> Iterator[None]:
+def cfn(monkeypatch: pytest.MonkeyPatch) -> cloudformation.CloudFormation:
+    """The CloudFormation double (tests/cloudformation.py): the state each request is confirmed against."""
+    double = cloudformation.CloudFormation()
+    cloudformation.install(monkeypatch, double)
+    return double
+
+
+@pytest.fixture
+def aws(
+    monkeypatch: pytest.MonkeyPatch,
+    deletion_tasks: fidelity.DeletionTasks,
+    cfn: cloudformation.CloudFormation,
+) -> Iterator[None]:
     """moto, made to behave as AWS (tests/fidelity.py), with the registry table created."""
     from rolekeeper import iam
 
@@ -119,7 +134,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, deletion_tasks: fidelity.DeletionTasks)
 
 
 @pytest.fixture
-def raw_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def raw_moto(monkeypatch: pytest.MonkeyPatch, cfn: cloudformation.CloudFormation) -> Iterator[None]:
     """moto as it is (its own SLR names and EntityAlreadyExists), for the both-behaviours tests."""
     from rolekeeper import iam
 
@@ -164,6 +179,7 @@ class Stack:
     name: str
     sent: Sent
     context: LambdaContext
+    cfn: cloudformation.CloudFormation
 
     @property
     def stack_id(self) -> str:
@@ -176,9 +192,12 @@ class Stack:
         props: dict[str, Any] | None = None,
         old_props: dict[str, Any] | None = None,
         drop: tuple[str, ...] = (),
+        confirmed: bool = True,
         **overrides: Any,
     ) -> dict[str, Any]:
-        """Send events/<event_file> from this stack; props merge into ResourceProperties."""
+        """Send events/<event_file> from this stack; props merge into ResourceProperties.
+        CloudFormation's state is set as it would be for the request (confirmed=False: a forged
+        request that CloudFormation never made)."""
         from rolekeeper.handlers.custom_resource import lambda_handler
 
         event = load_event(event_file)
@@ -193,16 +212,20 @@ class Stack:
         for key, value in overrides.items():
             event[key] = value
         before = len(self.sent.responses)
+        if confirmed:
+            self.cfn.before(event)
         lambda_handler(event, self.context)
         assert len(self.sent.responses) == before + 1, "exactly one response per request"
+        if confirmed:
+            self.cfn.after(event, self.sent.last)
         return self.sent.last
 
 
 @pytest.fixture
-def stack(sent: Sent, context: LambdaContext) -> Stack:
-    return Stack("app", sent, context)
+def stack(sent: Sent, context: LambdaContext, cfn: cloudformation.CloudFormation) -> Stack:
+    return Stack("app", sent, context, cfn)
 
 
 @pytest.fixture
-def other_stack(sent: Sent, context: LambdaContext) -> Stack:
-    return Stack("other", sent, context)
+def other_stack(sent: Sent, context: LambdaContext, cfn: cloudformation.CloudFormation) -> Stack:
+    return Stack("other", sent, context, cfn)

@@ -46,10 +46,11 @@ BENCH_ENV = {
     "ALLOWED_SERVICE_NAMES": "spot.amazonaws.com,spotfleet.amazonaws.com,batch.amazonaws.com,"
     "ecs.amazonaws.com,autoscaling.amazonaws.com",
     "ALLOWED_MANAGED_POLICY_ARNS": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
-    "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,ecsInstanceRole,"
+    "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,AmazonEC2SpotFleetTaggingRole,ecsInstanceRole,"
     "AWSBatchServiceRole,app-*",
     "HEAL_MODE": "heal",
     "HEAL_RATE_LIMIT": "5",
+    "VERIFY_REQUESTS": "false",  # no CloudFormation behind the bench's requests (tools/local_aws.py)
     "POWERTOOLS_SERVICE_NAME": "rolekeeper",
     "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",
     "POWERTOOLS_LOG_LEVEL": "ERROR",
@@ -418,7 +419,9 @@ def call_counts(table: Table, calls: Calls) -> None:
             "SLR create (absent)", lambda: cfn("slr-create.json", "platform", {"OnDelete": "Delete"})
         )
         measure("SLR create (present)", lambda: cfn("slr-create.json", "analytics", {"OnDelete": "Delete"}))
-        key_arn = boto3.client("kms").create_key(Description="bench")["KeyMetadata"]["Arn"]
+        key_arn = boto3.client("kms").create_key(
+            Description="bench", Tags=[{"TagKey": "rolekeeper:spot-fleet-grants", "TagValue": "allow"}]
+        )["KeyMetadata"]["Arn"]
         grant = measure("Grant create", lambda: cfn("grant-create.json", "platform", {"KeyId": key_arn}))
         arn = spot["PhysicalResourceId"]
         cfn("slr-create.json", "keeper", {"OnDelete": "Retain"})

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tools.local_aws import ACCOUNT, REGION, Context, Receiver, embedded_aws
+from tools.local_aws import ACCOUNT, OPT_IN, REGION, Context, Receiver, embedded_aws
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
@@ -121,7 +121,9 @@ def main() -> int:
         spot = demo.request("slr-spot-create.json", "platform", props={"OnDelete": "Delete"})
 
         print("\n2. A customer managed key, and the grant that lets Spot Fleet use it")
-        key_arn = boto3.client("kms").create_key(Description="encrypted AMIs")["KeyMetadata"]["Arn"]
+        key_arn = boto3.client("kms").create_key(Description="encrypted AMIs", Tags=OPT_IN)["KeyMetadata"][
+            "Arn"
+        ]
         grant = demo.request("grant-create.json", "platform", props={"KeyId": key_arn})
         state("after stack 'platform'", key_arn)
 

@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 ACCOUNT = "123456789012"
+# The tag by which an operator opts a customer managed key in to Custom::SpotFleetKmsGrant.
+OPT_IN = [{"TagKey": "rolekeeper:spot-fleet-grants", "TagValue": "allow"}]
 REGION = "us-east-1"
 
 
@@ -87,9 +89,13 @@ def set_environment(endpoint: str, **extra: str) -> None:
             "ALLOWED_SERVICE_NAMES": "spot.amazonaws.com,spotfleet.amazonaws.com,batch.amazonaws.com,"
             "ecs.amazonaws.com,autoscaling.amazonaws.com",
             "ALLOWED_MANAGED_POLICY_ARNS": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
-            "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,ecsInstanceRole,"
+            "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,AmazonEC2SpotFleetTaggingRole,ecsInstanceRole,"
             "AWSBatchServiceRole,app-*",
             "HEAL_MODE": "heal",
+            # No CloudFormation stands behind these requests (the demo, bench and e2e tests play
+            # its part by sending them), so there is nothing to confirm them against;
+            # tests/integration covers confirmation against a CloudFormation double.
+            "VERIFY_REQUESTS": "false",
             "POWERTOOLS_SERVICE_NAME": "rolekeeper",
             "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",
             **extra,

@@ -7,6 +7,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mypy_boto3_cloudformation.client import CloudFormationClient
     from mypy_boto3_dynamodb.client import DynamoDBClient
     from mypy_boto3_iam.client import IAMClient
     from mypy_boto3_kms.client import KMSClient
@@ -57,6 +58,10 @@ def kms(key: str | None = None) -> KMSClient:
     region = key.split(":")[3] if key and key.startswith("arn:") and key.count(":") >= 5 else None
     home = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return client("kms", None if region in (None, home) else region)  # type: ignore[no-any-return]
+
+
+def cloudformation() -> CloudFormationClient:
+    return client("cloudformation")  # type: ignore[no-any-return]
 
 
 def dynamodb() -> DynamoDBClient:

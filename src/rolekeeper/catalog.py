@@ -107,6 +107,39 @@ class Blueprint:
         return statement
 
 
+# The documented fixed names, each bound to the one blueprint it belongs to: the only roles
+# rolekeeper adopts when it finds them already made (by the console's first-run experience, say).
+# Any other name is create-only. AmazonEC2SpotFleetRole and AmazonEC2SpotFleetTaggingRole are the
+# names AWS Batch's guides use for the Spot Fleet role.
+FIXED_ROLE_NAMES: dict[str, str] = {
+    "aws-ec2-spot-fleet-tagging-role": "spot-fleet-tagging",
+    "AmazonEC2SpotFleetRole": "spot-fleet-tagging",
+    "AmazonEC2SpotFleetTaggingRole": "spot-fleet-tagging",
+    "ecsInstanceRole": "ecs-instance",
+    "AWSBatchServiceRole": "batch-service",
+}
+
+
+def fixed_blueprint(role_name: str) -> str | None:
+    """The blueprint a documented fixed name is bound to (IAM names are case-insensitive)."""
+    for name, blueprint in FIXED_ROLE_NAMES.items():
+        if name.lower() == role_name.lower():
+            return blueprint
+    return None
+
+
+# rolekeeper marks every role it creates with this tag, so its IAM permissions (and anyone's
+# iam:PassRole) can be conditioned on it. Keys under "rolekeeper:" are never accepted in Tags.
+MARKER_TAG_KEY = "rolekeeper:managed"
+MARKER_TAG_VALUE = "true"
+RESERVED_TAG_PREFIX = "rolekeeper:"
+
+# A customer managed key opts in to Custom::SpotFleetKmsGrant with this tag; the functions' KMS
+# grant permissions carry the same condition (aws:ResourceTag).
+KMS_OPT_IN_TAG_KEY = "rolekeeper:spot-fleet-grants"
+KMS_OPT_IN_TAG_VALUE = "allow"
+
+
 BLUEPRINTS: dict[str, Blueprint] = {
     b.name: b
     for b in (

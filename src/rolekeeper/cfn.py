@@ -31,6 +31,8 @@ FAILED = "FAILED"
 REQUEST_TYPES = ("Create", "Update", "Delete")
 REQUIRED = ("RequestType", "ResponseURL", "StackId", "RequestId", "LogicalResourceId", "ResourceType")
 MAX_REASON = 256
+# CloudFormation rejects a response body over 4096 bytes (the resource then waits out its timeout).
+MAX_BODY = 4096
 
 
 def short_reason(reason: str) -> str:
@@ -40,7 +42,13 @@ def short_reason(reason: str) -> str:
 
 
 def _url_allowed(url: str) -> bool:
-    parts = urlsplit(url)
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        return False  # control characters or spaces: no pre-signed URL has them, and urllib raises
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
     if parts.scheme == "https" and parts.hostname:
         return True
     # Plain HTTP only to this machine: the local stand-in for CloudFormation used by the demo/tests.
@@ -72,12 +80,28 @@ def send_response(
             logger.warning("response refused", http_status=error.code, host=host, attempt=attempt)
             if 400 <= error.code < 500 and error.code != 429:
                 return False  # an expired or wrong pre-signed URL does not get better
-        except (OSError, ValueError) as error:
+        except Exception as error:
             logger.warning("response not delivered", error=type(error).__name__, host=host, attempt=attempt)
         if attempt < attempts:
             time.sleep(min(0.5 * 2 ** (attempt - 1), 2.0))
     logger.error("giving up delivering the response", host=host, attempts=attempts)
     return False
+
+
+def _size(body: dict[str, Any]) -> int:
+    return len(json.dumps(body).encode())
+
+
+def _fit(body: dict[str, Any]) -> None:
+    """Keep the body within MAX_BODY: drop the largest attributes first (logged), then shorten Reason."""
+    data: dict[str, str] = body["Data"]
+    while _size(body) > MAX_BODY and data:
+        largest = max(data, key=lambda k: len(json.dumps(data[k])))
+        del data[largest]
+        logger.warning("attribute dropped: the response would exceed 4096 bytes", attribute=largest)
+    if _size(body) > MAX_BODY:
+        body["Reason"] = body["Reason"][:64]
+        body["PhysicalResourceId"] = body["PhysicalResourceId"][:1024]
 
 
 class CustomResource(CfnResource):
@@ -142,7 +166,9 @@ class CustomResource(CfnResource):
         if problem is not None:
             self._reject(event, problem)
             return
-        super().__call__(event, context)
+        # crhelper's polling keys (CrHelperPoll, CrHelperData, ...) are for its polling mode, which
+        # rolekeeper does not use: a request carrying them must not skip rolekeeper or set its Data.
+        super().__call__({k: v for k, v in event.items() if not k.startswith("CrHelper")}, context)
 
     @staticmethod
     def _malformed(event: Any) -> str | None:
@@ -220,6 +246,7 @@ class CustomResource(CfnResource):
             else {},
             "NoEcho": self.NoEcho,
         }
+        _fit(body)
         self.last_response = body
         logger.info(
             "responding",

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
+from rolekeeper.catalog import FIXED_ROLE_NAMES
+
 # Names Custom::ServiceRole may create or adopt when ALLOWED_ROLE_NAMES is unset: the blueprints'
 # defaults and the name AWS Batch's documentation uses for the Spot Fleet role.
-DEFAULT_ROLE_NAMES = frozenset(
-    {"aws-ec2-spot-fleet-tagging-role", "AmazonEC2SpotFleetRole", "ecsInstanceRole", "AWSBatchServiceRole"}
-)
+DEFAULT_ROLE_NAMES = frozenset(FIXED_ROLE_NAMES)
 
 
 def _csv(name: str) -> frozenset[str]:
@@ -25,6 +25,8 @@ class Settings:
     notification_topic_arn: str | None
     heal_rate_limit: int
     allowed_role_names: frozenset[str]
+    allowed_tag_keys: frozenset[str] = frozenset()
+    verify_requests: bool = True
 
 
 @cache
@@ -39,4 +41,8 @@ def settings() -> Settings:
         notification_topic_arn=os.environ.get("NOTIFICATION_TOPIC_ARN") or None,
         heal_rate_limit=int(os.environ.get("HEAL_RATE_LIMIT", "5")),
         allowed_role_names=_csv("ALLOWED_ROLE_NAMES") or DEFAULT_ROLE_NAMES,
+        allowed_tag_keys=_csv("ALLOWED_TAG_KEYS"),
+        # Skipped under sam local (no CloudFormation behind the request) or by the operator.
+        verify_requests=os.environ.get("VERIFY_REQUESTS", "true").strip().lower() != "false"
+        and not os.environ.get("AWS_SAM_LOCAL"),
     )

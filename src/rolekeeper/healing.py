@@ -9,7 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import iam, kms
+from rolekeeper import iam, kms, ownership
 from rolekeeper.config import Settings
 from rolekeeper.errors import RolekeeperError
 from rolekeeper.notify import notify
@@ -22,6 +22,7 @@ from rolekeeper.reconcile import (
     converge_linked_role,
     converge_role,
     merged_trust,
+    trusts,
 )
 from rolekeeper.registry import Record, Registry, role_key
 
@@ -73,6 +74,11 @@ class Actual:
         return cls(role=role, attached=iam.attached_policies(name), profiles=set(iam.profiles_of(name)))
 
 
+def desired_role(record: Record) -> RoleSpec:
+    """The role's desired state: the union of what its claims asked for (ownership.py)."""
+    return ownership.union(ownership.wants_of([c.wants for c in record.claims], record.desired))
+
+
 def drift(record: Record, actual: Actual) -> list[str]:
     """What differs from the recorded desired state (additive only: never what others added)."""
     if actual.role is None:
@@ -84,11 +90,16 @@ def drift(record: Record, actual: Actual) -> list[str]:
         return ["role recreated with a new unique id"] if known and actual.role.get("RoleId") != known else []
     if record.kind != "role":
         return []
-    spec = RoleSpec.from_dict(record.desired)
+    spec = desired_role(record)
     problems = [f"policy {arn} detached" for arn in spec.policy_arns if arn not in actual.attached]
     current = actual.role.get("AssumeRolePolicyDocument") or {}
-    if canonical(merged_trust(current, spec.trust_statement, spec.principals)) != canonical(current):
-        problems.append("trust policy changed")
+    if record.created or ownership.is_marked(actual.role):
+        if canonical(merged_trust(current, spec.trust_statement, spec.principals)) != canonical(current):
+            problems.append("trust policy changed")
+    elif not trusts(current, spec.principals):
+        # An adopted role's trust statements and conditions are its owner's: only losing every
+        # statement that trusts the blueprint's service is damage.
+        problems.append("trust statement removed")
     if spec.instance_profile and spec.name not in actual.profiles:
         problems.append("instance profile missing or role removed from it")
     return problems
@@ -172,7 +183,11 @@ class Healer:
                 outcome = converge_linked_role(LinkedRoleSpec.from_dict(record.desired))
             else:
                 outcome = converge_role(
-                    RoleSpec.from_dict(record.desired), rollback=False, restore_trust=True
+                    desired_role(record),
+                    added=record.added or set(),
+                    created=record.created,
+                    rollback=False,
+                    healing=True,
                 )
             changes = [*outcome.changes]
             if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
@@ -183,8 +198,9 @@ class Healer:
                 record.key,
                 record.kind,
                 record.desired,
-                created_now=outcome.created,
+                created_now=outcome.created or outcome.ours,
                 attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
+                added=outcome.added,
             )
         finally:
             self.registry.end_heal(record.key, healed_at=self.now())

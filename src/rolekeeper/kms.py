@@ -80,3 +80,9 @@ def revoke_grant(key_arn: str, grant_id: str) -> bool:
             return False
         raise
     return True
+
+
+def key_tags(key_arn: str) -> dict[str, str]:
+    """The key's tags (ListResourceTags pages)."""
+    paginator = aws.kms(key_arn).get_paginator("list_resource_tags")
+    return {t["TagKey"]: t["TagValue"] for page in paginator.paginate(KeyId=key_arn) for t in page["Tags"]}

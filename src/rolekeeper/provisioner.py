@@ -9,8 +9,17 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import iam, kms
-from rolekeeper.catalog import BLUEPRINTS, LINKED_SERVICES, SPOT_FLEET_ROLE_NAME, Scope
+from rolekeeper import iam, kms, ownership
+from rolekeeper.catalog import (
+    BLUEPRINTS,
+    KMS_OPT_IN_TAG_KEY,
+    KMS_OPT_IN_TAG_VALUE,
+    LINKED_SERVICES,
+    RESERVED_TAG_PREFIX,
+    SPOT_FLEET_ROLE_NAME,
+    Scope,
+    fixed_blueprint,
+)
 from rolekeeper.config import Settings
 from rolekeeper.errors import InvalidRequest
 from rolekeeper.models import (
@@ -29,7 +38,7 @@ from rolekeeper.reconcile import (
     converge_role,
     undo_created_role,
 )
-from rolekeeper.registry import Claim, Registry, grant_key, role_key
+from rolekeeper.registry import Claim, Record, Registry, grant_key, role_key
 
 logger = Logger(child=True)
 
@@ -46,10 +55,16 @@ class Request:
     properties: dict[str, Any]
     old_properties: dict[str, Any] | None = None
     physical_id: str | None = None
+    # Where the function runs (from its own ARN); the StackId was checked against it.
+    identity: Scope | None = None
 
     @property
     def scope(self) -> Scope:
-        return Scope.from_arn(self.stack_id)
+        return self.identity or Scope.from_arn(self.stack_id)
+
+    @property
+    def claim_sk(self) -> str:
+        return Claim(self.stack_id, self.logical_id).sk
 
 
 @dataclass
@@ -90,6 +105,14 @@ class Provisioner:
             return self._service_role(request, props)
         return self._grant(request, props)
 
+    def validate(self, request: Request) -> None:
+        """Every check that needs no AWS call: bad input fails before anything is asked of AWS."""
+        props = parse(request.resource_type, request.properties)
+        if isinstance(props, ServiceLinkedRoleProperties):
+            self.linked_role_spec(props)
+        elif isinstance(props, ServiceRoleProperties):
+            self.role_spec(props, request.scope)
+
     def linked_role_spec(self, props: ServiceLinkedRoleProperties) -> LinkedRoleSpec:
         allowed = self.settings.allowed_service_names
         if props.aws_service_name not in allowed:
@@ -104,7 +127,7 @@ class Provisioner:
     def _linked_role(self, request: Request, props: ServiceLinkedRoleProperties) -> Response:
         spec = self.linked_role_spec(props)
         outcome = converge_linked_role(spec)
-        claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete)
+        claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
         created = self._record(
             role_key(outcome.name),
             "slr",
@@ -121,6 +144,17 @@ class Provisioner:
         name = props.role_name or blueprint.default_role_name
         if name is None:
             raise InvalidRequest(f"RoleName is required for Blueprint {blueprint.name}")
+        bound = fixed_blueprint(name)
+        if bound is not None and bound != blueprint.name:
+            raise InvalidRequest(
+                f"RoleName {name} is the documented name for Blueprint {bound}, not {blueprint.name}"
+            )
+        if bound is None and props.path != "/":
+            # IAM's "*" also matches "/": rolekeeper's permissions for prefixed names stop at "/".
+            raise InvalidRequest(
+                f"Path must be / for RoleName {name}; only the documented role names may use another path"
+            )
+        self.check_tags(props)
         if not self.role_name_allowed(name):
             raise InvalidRequest(
                 f"RoleName {name} is not allowed by this stack; AllowedRoleNames: "
@@ -165,34 +199,66 @@ class Provisioner:
             instance_profile=instance_profile,
         )
 
+    def check_tags(self, props: ServiceRoleProperties) -> None:
+        allowed = {k.lower() for k in self.settings.allowed_tag_keys}
+        for tag in props.tags:
+            if tag.key.lower().startswith(RESERVED_TAG_PREFIX):
+                raise InvalidRequest(f"Tags: key {tag.key} is reserved for rolekeeper's own marker")
+            if tag.key.lower() not in allowed:
+                raise InvalidRequest(
+                    f"Tags: key {tag.key} is not in AllowedTagKeys "
+                    f"({', '.join(sorted(self.settings.allowed_tag_keys)) or 'empty'})"
+                )
+
     def role_name_allowed(self, name: str) -> bool:
         # The same patterns scope the function's IAM permissions (template.yaml), where "*" is
         # the only wildcard that role names can meet.
         return any(fnmatchcase(name, pattern) for pattern in self.settings.allowed_role_names)
 
-    def _previous_role_spec(self, request: Request, spec: RoleSpec) -> RoleSpec | None:
-        if request.request_type != "Update" or not request.old_properties:
-            return None
-        try:
-            old = parse(request.resource_type, request.old_properties)
-            assert isinstance(old, ServiceRoleProperties)
-            previous = self.role_spec(old, request.scope)
-        except (InvalidRequest, AssertionError):
-            return None
-        return previous if previous.name.lower() == spec.name.lower() else None
+    @staticmethod
+    def other_wants(record: Record | None, request: Request) -> list[RoleSpec]:
+        """What every other claim on the role asked for."""
+        if record is None:
+            return []
+        others = [c.wants for c in record.claims if c.sk != request.claim_sk]
+        return ownership.wants_of(others, record.desired) if others else []
+
+    @staticmethod
+    def added_of(record: Record | None) -> set[str]:
+        if record is None:
+            return set()
+        if record.added is not None:
+            return record.added
+        # Recorded before rolekeeper kept its added pieces: everything on a role it created is its own.
+        return ownership.pieces_of(RoleSpec.from_dict(record.desired)) if record.created else set()
 
     def _service_role(self, request: Request, props: ServiceRoleProperties) -> Response:
         spec = self.role_spec(props, request.scope)
-        outcome = converge_role(spec, self._previous_role_spec(request, spec))
-        claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete)
+        key = role_key(spec.name)
+        record = self.registry.get(key)
+        others = self.other_wants(record, request)
+        if problem := ownership.conflict(spec, others):
+            raise InvalidRequest(problem)
+        desired = ownership.union([spec, *others])
+        outcome = converge_role(
+            desired,
+            added=self.added_of(record),
+            created=bool(record and record.created),
+            adoption_refusal=lambda role: ownership.adoption_refusal(
+                spec, role, props.confused_deputy_protection
+            ),
+            prune=request.request_type == "Update",
+        )
+        claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
         created = self._record(
-            role_key(spec.name),
+            key,
             "role",
-            spec.to_dict(),
+            desired.to_dict(),
             outcome,
             claim,
             rollback=lambda: undo_created_role(spec.name, profile_created="profile" in outcome.made),
         )
+        self.registry.taken_away(key, outcome.removed)
         logger.info("service role converged", role_name=spec.name, changes=outcome.changes)
         return Response(outcome.arn, _role_data(outcome, created))
 
@@ -204,8 +270,9 @@ class Provisioner:
                 key,
                 kind,
                 desired,
-                created_now=outcome.created,
+                created_now=outcome.created or outcome.ours,
                 attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
+                added=outcome.added,
             )
             self.registry.claim(key, claim)
         except Exception:
@@ -229,6 +296,14 @@ class Provisioner:
     ) -> tuple[GrantSpec, dict[str, Any]]:
         scope = request.scope
         key = kms.describe_key(props.key_id)
+        if (
+            KMS_OPT_IN_TAG_KEY not in (tags := kms.key_tags(key["Arn"]))
+            or tags[KMS_OPT_IN_TAG_KEY] != KMS_OPT_IN_TAG_VALUE
+        ):
+            raise InvalidRequest(
+                f"KeyId {props.key_id} has not opted in: tag the key {KMS_OPT_IN_TAG_KEY}={KMS_OPT_IN_TAG_VALUE} "
+                "(rolekeeper may grant on such keys only)"
+            )
         if key.get("KeyManager") != "CUSTOMER":
             raise InvalidRequest(
                 f"KeyId {props.key_id} is an AWS managed key; grants need a customer managed key"
@@ -282,7 +357,9 @@ class Provisioner:
                     "grantee_role_id": outcome.grantee_role_id,
                 },
             )
-            self.registry.claim(key, Claim(request.stack_id, request.logical_id, props.heal, "Delete"))
+            self.registry.claim(
+                key, Claim(request.stack_id, request.logical_id, props.heal, "Delete", wants=spec.to_dict())
+            )
         except Exception:
             if physical_id != request.physical_id:
                 kms.revoke_grant(spec.key_arn, outcome.grant_id)
@@ -318,50 +395,77 @@ class Provisioner:
             logger.info("physical id not produced by rolekeeper; nothing to delete", physical_id=physical_id)
         return Response(physical_id)
 
-    def _released_claim(self, request: Request) -> Claim:
-        """The claim this request held, rebuilt from its properties (to restore it after a failure)."""
-        props = request.properties or {}
-        heal = str(props.get("Heal", "true")).strip().lower() != "false"
-        on_delete = "Delete" if str(props.get("OnDelete", "Retain")).strip().lower() == "delete" else "Retain"
-        return Claim(request.stack_id, request.logical_id, heal, on_delete)
+    def acts_on(self, request: Request) -> bool:
+        """Whether the request may change anything (a Delete of an id rolekeeper never produced
+        touches nothing, so it needs no confirmation)."""
+        if request.request_type != "Delete":
+            return True
+        physical_id = request.physical_id or ""
+        return bool(ROLE_ARN.fullmatch(physical_id) or GRANT_PHYSICAL_ID.fullmatch(physical_id))
 
     def _delete_role(self, request: Request, name: str) -> None:
         key = role_key(name)
-        if not self.registry.release(key, request.stack_id, request.logical_id):
+        # Delete acts on the claim as stored (OnDelete as last confirmed), never on the request's properties.
+        claim = self.registry.get_claim(key, request.stack_id, request.logical_id)
+        if claim is None or not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to delete", role_name=name)
-            return
-        claim = self._released_claim(request)
-        if claim.on_delete != "Delete":
-            logger.info("claim released; role retained", role_name=name)
             return
         record = None
         try:
-            record = self.registry.forget_if_unclaimed(key)
-            if record is None:
-                logger.info(
-                    "claim released; role retained (other claims remain, or rolekeeper did not create it)",
-                    role_name=name,
-                )
-                return
-            if record.kind == "slr":
-                task_id = iam.delete_service_linked_role(name)
-                logger.info(
-                    "service-linked role deletion submitted", role_name=name, deletion_task_id=task_id
-                )
-            else:
-                spec = RoleSpec.from_dict(record.desired)
-                iam.delete_role(name, name if spec.instance_profile else None)
-                logger.info("role deleted", role_name=name)
+            if claim.on_delete == "Delete":
+                record = self.registry.forget_if_unclaimed(key)
+                if record is not None:
+                    self._delete_object(name, record)
+                    return
+            self._prune_after_release(key, name)
         except Exception:
             # Put the claim (and the record) back so CloudFormation's retry of this Delete finishes it.
             if record is not None:
-                self.registry.record(key, record.kind, record.desired, created_now=True, attrs=record.attrs)
+                self.registry.record(
+                    key,
+                    record.kind,
+                    record.desired,
+                    created_now=True,
+                    attrs=record.attrs,
+                    added=record.added or set(),
+                )
             self.registry.claim(key, claim)
             raise
 
+    def _delete_object(self, name: str, record: Record) -> None:
+        if record.kind == "slr":
+            task_id = iam.delete_service_linked_role(name)
+            logger.info("service-linked role deletion submitted", role_name=name, deletion_task_id=task_id)
+            return
+        made_profile = ownership.PROFILE in self.added_of(record)
+        iam.delete_role(name, name if made_profile else None)
+        logger.info("role deleted", role_name=name)
+
+    def _prune_after_release(self, key: str, name: str) -> None:
+        """Other claims remain: take away what only the released claim wanted (and rolekeeper
+        added). With no claim left (OnDelete Retain, or a role rolekeeper did not create), the role
+        stays as it is."""
+        record = self.registry.get(key)
+        if record is None or record.kind != "role" or not record.claims:
+            logger.info("claim released; role retained", role_name=name)
+            return
+        desired = ownership.union(ownership.wants_of([c.wants for c in record.claims], record.desired))
+        outcome = converge_role(desired, added=self.added_of(record), created=record.created, prune=True)
+        self.registry.record(
+            key,
+            "role",
+            desired.to_dict(),
+            created_now=outcome.created or outcome.ours,
+            attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
+            added=outcome.added,
+        )
+        self.registry.taken_away(key, outcome.removed)
+        logger.info("claim released; other claims remain", role_name=name, changes=outcome.changes)
+
     def _delete_grant(self, request: Request, physical_id: str) -> None:
         key = grant_key(physical_id)
-        if not self.registry.release(key, request.stack_id, request.logical_id):
+        claim = self.registry.get_claim(key, request.stack_id, request.logical_id)
+        if claim is None or not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to revoke", physical_id=physical_id)
             return
         try:
@@ -373,6 +477,5 @@ class Provisioner:
                 logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
             self.registry.forget(key)
         except Exception:
-            claim = self._released_claim(request)
-            self.registry.claim(key, Claim(claim.stack_id, claim.logical_id, claim.heal, "Delete"))
+            self.registry.claim(key, claim)
             raise

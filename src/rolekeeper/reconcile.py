@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,7 +12,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from rolekeeper import iam, kms
-from rolekeeper.catalog import LINKED_SERVICES
+from rolekeeper.catalog import LINKED_SERVICES, MARKER_TAG_KEY, MARKER_TAG_VALUE
 from rolekeeper.errors import Conflict
 
 logger = Logger(child=True)
@@ -95,6 +96,11 @@ class RoleOutcome:
     instance_profile_name: str | None = None
     instance_profile_arn: str | None = None
     made: set[str] = field(default_factory=set)
+    # rolekeeper created the role (this call or before, its marker tag says so); `created` alone
+    # means this call made it, and only that allows undoing it.
+    ours: bool = False
+    added: set[str] = field(default_factory=set)  # pieces rolekeeper added (see ownership.py)
+    removed: set[str] = field(default_factory=set)  # added pieces it took away
 
 
 @dataclass
@@ -201,44 +207,69 @@ def converge_linked_role(spec: LinkedRoleSpec) -> RoleOutcome:
 
 
 def converge_role(
-    spec: RoleSpec, previous: RoleSpec | None = None, *, rollback: bool = True, restore_trust: bool = False
+    spec: RoleSpec,
+    *,
+    added: Iterable[str] = (),
+    created: bool = False,
+    adoption_refusal: Callable[[dict[str, Any]], str | None] | None = None,
+    prune: bool = False,
+    rollback: bool = True,
+    healing: bool = False,
 ) -> RoleOutcome:
-    """Create or adopt a regular role and add what the blueprint needs; on failure after creating
-    it, remove what this call made so nothing half-made is left (the healer, which never deletes,
-    passes rollback=False and completes the role on its retry instead). A role that does not trust
-    the blueprint's principal is someone else's and is refused, unless the healer is restoring the
-    trust policy of a role rolekeeper holds (restore_trust=True)."""
+    """Bring a regular role to spec (the union of its claims' wants).
+
+    A role rolekeeper created (created, or carrying its marker tag) is converged fully; with
+    prune, pieces rolekeeper added that spec no longer wants are taken away. A role it did not
+    create is adopted only as ownership allows (adoption_refusal explains why not): it gains the
+    blueprint's policy and instance profile and nothing else changes. On failure after creating
+    the role, what this call made is removed (the healer, which never deletes, passes
+    rollback=False and completes the role on its retry instead). healing=True restores the
+    blueprint's trust statement on a role that lost it, and never removes anything."""
+    from rolekeeper import ownership
+
+    description = f"Managed by rolekeeper (blueprint {spec.blueprint})"
     role = iam.get_role(spec.name)
-    ours = False
     if role is None:
-        description = f"Managed by rolekeeper (blueprint {spec.blueprint})"
         trust = {"Version": "2012-10-17", "Statement": [spec.trust_statement]}
         try:
-            iam.create_role(spec.name, spec.path, trust, description, spec.boundary, spec.tags)
-            ours = True
+            iam.create_role(
+                spec.name,
+                spec.path,
+                trust,
+                description,
+                spec.boundary,
+                {**spec.tags, MARKER_TAG_KEY: MARKER_TAG_VALUE},
+            )
         except ClientError as error:
             if not iam.already_exists(error):
                 raise
             # Made concurrently, or this CreateRole succeeded but its answer was lost (a timeout
-            # that botocore retried): a role carrying rolekeeper's description is rolekeeper's.
+            # that botocore retried): the marker tag says whether it is rolekeeper's.
             role = iam.wait_for_role(spec.name)
-            ours = role.get("Description") == description
-    if ours:
-        made: set[str] = set()
-        try:
-            role = role or iam.wait_for_role(spec.name)
-            outcome = _complete(spec, previous, role, created=True, made=made)
-        except Exception:
-            if rollback:
-                undo_created_role(spec.name, profile_created="profile" in made)
-            raise
-        return outcome
-    assert role is not None  # read or created above
+        else:
+            made: set[str] = set()
+            try:
+                role = iam.wait_for_role(spec.name)
+                outcome = _complete(spec, role, fresh=True, made=made, added=set(), prune=False)
+            except Exception:
+                if rollback:
+                    undo_created_role(spec.name, profile_created="profile" in made)
+                raise
+            outcome.added |= {ownership.tag_piece(k) for k in spec.tags}
+            if spec.boundary:
+                outcome.added.add(ownership.boundary_piece(spec.boundary))
+            return outcome
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
-    if not restore_trust and not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals):
+    if created or ownership.is_marked(role) or role.get("Description") == description:
+        return _complete(spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=True)
+    if not healing:
+        refusal = (adoption_refusal or (lambda r: ownership.adoption_refusal(spec, r, None)))(role)
+        if refusal:
+            raise Conflict(refusal)
+    if not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals) and not healing:
         raise Conflict(f"role {spec.name} exists but does not trust {spec.principals[0]}; left untouched")
-    return _complete(spec, previous, role, created=False)
+    return _complete(spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=False)
 
 
 def undo_created_role(name: str, *, profile_created: bool) -> None:
@@ -253,70 +284,103 @@ def undo_created_role(name: str, *, profile_created: bool) -> None:
 
 def _complete(
     spec: RoleSpec,
-    previous: RoleSpec | None,
     role: dict[str, Any],
     *,
-    created: bool,
-    made: set[str] | None = None,
+    fresh: bool,
+    made: set[str],
+    added: set[str],
+    prune: bool,
+    ours: bool = True,
 ) -> RoleOutcome:
-    made = set() if made is None else made
+    """Add what spec wants and the role lacks. Trust, boundary and tags change only on a role
+    rolekeeper created (ours); on an adopted role the trust policy only ever gains the blueprint's
+    statement when it has lost every statement trusting the blueprint's principal."""
+    from rolekeeper import ownership
+
     name = spec.name
-    changes = ["created" if created else "adopted"]
-    if not created:
-        current = role.get("AssumeRolePolicyDocument") or {}
+    outcome = RoleOutcome(
+        name=name,
+        arn=role["Arn"],
+        role_id=role["RoleId"],
+        created=fresh,
+        changes=["created" if fresh else ("converged" if ours else "adopted")],
+        made=made,
+        ours=ours,
+    )
+    changes = outcome.changes
+    current = role.get("AssumeRolePolicyDocument") or {}
+    if ours and not fresh:
         wanted = merged_trust(current, spec.trust_statement, spec.principals)
         if canonical(wanted) != canonical(current):
             iam.update_trust(name, wanted)
             changes.append("trust")
-    attached = set() if created else iam.attached_policies(name)
+    elif not ours and not trusts(current, spec.principals):
+        statements = _as_list(current.get("Statement"))
+        iam.update_trust(name, {"Version": "2012-10-17", "Statement": [*statements, spec.trust_statement]})
+        changes.append("trust statement added")
+    attached = set() if fresh else iam.attached_policies(name)
     for arn in spec.policy_arns:
         if arn not in attached:
             iam.attach(name, arn)
+            outcome.added.add(ownership.policy_piece(arn))
             changes.append(f"attach {arn}")
-    if previous is not None:
-        for arn in set(previous.owned_policy_arns) - set(spec.policy_arns):
-            if arn in attached:
-                iam.detach(name, arn)
-                changes.append(f"detach {arn}")
-    if not created:
-        current_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+    current_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+    current_tags = {t["Key"].lower(): t["Value"] for t in role.get("Tags", [])}
+    if ours and not fresh:
         if spec.boundary and current_boundary != spec.boundary:
             iam.set_boundary(name, spec.boundary)
+            outcome.added.add(ownership.boundary_piece(spec.boundary))
             changes.append("boundary")
-        elif (
-            not spec.boundary
-            and previous is not None
-            and previous.boundary
-            and current_boundary == previous.boundary
-        ):
-            iam.set_boundary(name, None)
-            changes.append("boundary removed")
-        current_tags = {t["Key"]: t["Value"] for t in role.get("Tags", [])}
-        missing = {k: v for k, v in spec.tags.items() if current_tags.get(k) != v}
+        missing = {k: v for k, v in spec.tags.items() if current_tags.get(k.lower()) != v}
         if missing:
-            iam.tag(name, missing)
+            # The marker rides along: IAM lets rolekeeper tag a prefixed role only with it (template.yaml).
+            iam.tag(name, {**missing, MARKER_TAG_KEY: MARKER_TAG_VALUE})
+            outcome.added |= {ownership.tag_piece(k) for k in missing}
             changes.append("tags")
-        if previous is not None:
-            stale = {k for k in previous.tags if k not in spec.tags and k in current_tags}
-            if stale:
-                iam.untag(name, stale)
-                changes.append("untag")
-    outcome = RoleOutcome(
-        name=name, arn=role["Arn"], role_id=role["RoleId"], created=created, changes=changes, made=made
-    )
     if spec.instance_profile:
-        profile = _ensure_profile(spec, fresh=created, made=made)
+        profile = _ensure_profile(spec, fresh=fresh, made=made)
         outcome.instance_profile_name = profile["InstanceProfileName"]
         outcome.instance_profile_arn = profile["Arn"]
+        if "profile" in made:
+            outcome.added.add(ownership.PROFILE)
         if profile.get("changed"):
             changes.append("instance profile")
-    elif previous is not None and previous.instance_profile:
-        existing = iam.get_instance_profile(name)
-        if existing is not None and [r["RoleName"] for r in existing.get("Roles", [])] in ([], [name]):
-            iam.remove_from_profile(name, name)
-            iam.delete_instance_profile(name)
-            changes.append("instance profile removed")
+    if prune:
+        tag_keys = {t["Key"].lower(): t["Key"] for t in role.get("Tags", [])}
+        _take_away(spec, ownership.removable(added, spec), outcome, attached, current_boundary, tag_keys)
     return outcome
+
+
+def _take_away(
+    spec: RoleSpec,
+    pieces: set[str],
+    outcome: RoleOutcome,
+    attached: set[str],
+    current_boundary: str | None,
+    tag_keys: dict[str, str],
+) -> None:
+    """Remove pieces rolekeeper added that no claim wants any more (and only those)."""
+    from rolekeeper import ownership
+
+    name = spec.name
+    for piece in sorted(pieces):
+        kind, _, value = piece.partition(":")
+        if kind == "policy" and value in attached:
+            iam.detach(name, value)
+            outcome.changes.append(f"detach {value}")
+        elif kind == "tag" and value in tag_keys:
+            iam.untag(name, {tag_keys[value]})
+            outcome.changes.append(f"untag {value}")
+        elif kind == "boundary" and current_boundary == value and spec.boundary is None:
+            iam.set_boundary(name, None)
+            outcome.changes.append("boundary removed")
+        elif piece == ownership.PROFILE:
+            existing = iam.get_instance_profile(name)
+            if existing is not None and [r["RoleName"] for r in existing.get("Roles", [])] in ([], [name]):
+                iam.remove_from_profile(name, name)
+                iam.delete_instance_profile(name)
+                outcome.changes.append("instance profile removed")
+        outcome.removed.add(piece)
 
 
 def _ensure_profile(spec: RoleSpec, *, fresh: bool, made: set[str]) -> dict[str, Any]:

@@ -60,6 +60,9 @@ class Claim:
     logical_id: str
     heal: bool = True
     on_delete: str = "Retain"
+    # What this claim asked for (a spec's to_dict()); None for claims written before claims
+    # stored their wants. Compared by key only.
+    wants: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def sk(self) -> str:
@@ -74,6 +77,8 @@ class Record:
     created: bool = False
     attrs: dict[str, str] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
+    # Pieces rolekeeper added to the object (ownership.py); None when never recorded.
+    added: set[str] | None = None
 
     @property
     def healable(self) -> bool:
@@ -93,12 +98,28 @@ def _cancelled_by(error: Exception) -> list[bool] | None:
 
 
 def _claim(item: dict[str, Any]) -> Claim:
+    wants = item.get("wants", {}).get("S")
     return Claim(
         stack_id=item["stack_id"]["S"],
         logical_id=item["logical_id"]["S"],
         heal=item.get("heal", {}).get("BOOL", True),
         on_delete=item.get("on_delete", {}).get("S", "Retain"),
+        wants=json.loads(wants) if wants else None,
     )
+
+
+def _claim_item(key: str, claim: Claim) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "pk": _s(key),
+        "sk": _s(claim.sk),
+        "stack_id": _s(claim.stack_id),
+        "logical_id": _s(claim.logical_id),
+        "heal": {"BOOL": claim.heal},
+        "on_delete": _s(claim.on_delete),
+    }
+    if claim.wants is not None:
+        item["wants"] = _s(json.dumps(claim.wants, sort_keys=True))
+    return item
 
 
 def _record(item: dict[str, Any]) -> Record:
@@ -113,13 +134,16 @@ def _record(item: dict[str, Any]) -> Record:
         "heal_lease",
         "healed_at",
         "updated_at",
+        "added",
     }
+    added = item.get("added")
     return Record(
         key=item["pk"]["S"],
         kind=item.get("kind", {}).get("S", ""),
         desired=json.loads(item.get("desired", {}).get("S", "{}")),
         created=item.get("created", {}).get("BOOL", False),
         attrs={k: v["S"] for k, v in item.items() if k not in reserved and "S" in v},
+        added=set(added.get("SS", [])) if added is not None else None,
     )
 
 
@@ -128,9 +152,18 @@ class Registry:
         self.table = table_name
 
     def record(
-        self, key: str, kind: str, desired: dict[str, Any], *, created_now: bool, attrs: dict[str, str]
+        self,
+        key: str,
+        kind: str,
+        desired: dict[str, Any],
+        *,
+        created_now: bool,
+        attrs: dict[str, str],
+        added: set[str] | frozenset[str] = frozenset(),
     ) -> bool:
-        """Write the desired state; returns whether rolekeeper created the object (now or before)."""
+        """Write the desired state and add pieces to the object's added set (a DynamoDB string set:
+        concurrent writers' additions never overwrite each other). Returns whether rolekeeper
+        created the object (now or before)."""
         names = {"#kind": "kind", "#desired": "desired", "#created": "created", "#updated": "updated_at"}
         values: dict[str, Any] = {
             ":kind": _s(kind),
@@ -144,29 +177,56 @@ class Registry:
             names[f"#a{i}"] = name
             values[f":a{i}"] = _s(value)
             sets.append(f"#a{i} = :a{i}")
+        expression = "SET " + ", ".join(sets)
+        if added:
+            names["#added"] = "added"
+            values[":added"] = {"SS": sorted(added)}
+            expression += " ADD #added :added"
         result = aws.dynamodb().update_item(
             TableName=self.table,
             Key={"pk": _s(key), "sk": _s(OBJECT)},
-            UpdateExpression="SET " + ", ".join(sets),
+            UpdateExpression=expression,
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
             ReturnValues="ALL_NEW",
         )
         return bool(result["Attributes"]["created"]["BOOL"])
 
+    def taken_away(self, key: str, pieces: set[str]) -> None:
+        """Pieces rolekeeper removed again: no longer in the object's added set."""
+        from botocore.exceptions import ClientError
+
+        if not pieces:
+            return
+        try:
+            aws.dynamodb().update_item(
+                TableName=self.table,
+                Key={"pk": _s(key), "sk": _s(OBJECT)},
+                UpdateExpression="DELETE #added :gone",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#added": "added"},
+                ExpressionAttributeValues={":gone": {"SS": sorted(pieces)}},
+            )
+        except ClientError as error:  # the object is gone, and its added set with it
+            if aws.error_code(error) != "ConditionalCheckFailedException":
+                raise
+
+    def get_claim(self, key: str, stack_id: str, logical_id: str) -> Claim | None:
+        """The claim as stored (its OnDelete and Heal as last confirmed, and its wants)."""
+        found = aws.dynamodb().get_item(
+            TableName=self.table,
+            Key={"pk": _s(key), "sk": _s(Claim(stack_id, logical_id).sk)},
+            ConsistentRead=True,
+        )
+        item = found.get("Item")
+        return _claim(item) if item else None
+
     # Claims and the object's claim_count change together in one transaction, so concurrent stacks
     # never lose a claim and exactly one Delete sees the count reach zero.
     def claim(self, key: str, claim: Claim) -> None:
         from botocore.exceptions import ClientError
 
-        item: dict[str, Any] = {
-            "pk": _s(key),
-            "sk": _s(claim.sk),
-            "stack_id": _s(claim.stack_id),
-            "logical_id": _s(claim.logical_id),
-            "heal": {"BOOL": claim.heal},
-            "on_delete": _s(claim.on_delete),
-        }
+        item = _claim_item(key, claim)
         db = aws.dynamodb()
         try:
             db.transact_write_items(

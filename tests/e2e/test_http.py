@@ -29,7 +29,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, EVENTS
+from tests.conftest import ACCOUNT, EVENTS, OPT_IN
 from tools.local_aws import REGION, Context, Receiver, embedded_aws, free_port
 
 pytestmark = pytest.mark.e2e
@@ -260,7 +260,7 @@ def test_lifecycle_over_http(local_aws: LocalAws) -> None:  # noqa: PLR0915 - on
     }
 
     # 2. A customer managed key and the grant that lets Spot Fleet use it.
-    key_arn = kms.create_key(Description="encrypted AMIs")["KeyMetadata"]["Arn"]
+    key_arn = kms.create_key(Description="encrypted AMIs", Tags=OPT_IN)["KeyMetadata"]["Arn"]
     grant = ok(send(local_aws, "grant-create.json", "platform", props={"KeyId": key_arn}))
     grant_id = grant["Data"]["GrantId"]
     assert grant["PhysicalResourceId"] == f"{key_arn}#{grant_id}"

@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import EVENTS, LambdaContext, Sent
+from tests import cloudformation
+from tests.conftest import EVENTS, OPT_IN, LambdaContext, Sent
 from tests.faults import fast_aws, plain
 
 ACCOUNT = "123456789012"
@@ -496,6 +497,7 @@ def resource_type_cases(draw: Any) -> Case:
 class Corpus:
     sent: Sent
     key_arn: str
+    cfn: cloudformation.CloudFormation
 
     def state(self) -> dict[str, Any]:
         iam, kms, dynamodb = plain("iam"), plain("kms"), plain("dynamodb")
@@ -538,8 +540,10 @@ def corpus() -> Iterator[Corpus]:
         monkeypatch.setattr(custom_resource.helper, "sender", recorder)
         custom_resource.provisioner.cache_clear()
         plain("iam").create_service_linked_role(AWSServiceName="spotfleet.amazonaws.com")
-        key_arn = plain("kms").create_key()["KeyMetadata"]["Arn"]
-        yield Corpus(recorder, key_arn)
+        key_arn = plain("kms").create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]
+        double = cloudformation.CloudFormation()
+        cloudformation.install(monkeypatch, double)
+        yield Corpus(recorder, key_arn, double)
         custom_resource.provisioner.cache_clear()
 
 
@@ -557,6 +561,13 @@ def check(corpus: Corpus, case: Case) -> None:
     request = _with_key(case.event, corpus.key_arn)
     before = corpus.state()
     sent_before = len(corpus.sent.responses)
+    if (
+        isinstance(request, dict)
+        and all(isinstance(request.get(k), str) for k in ("StackId", "LogicalResourceId", "RequestType"))
+        and request["RequestType"] in ("Create", "Update", "Delete")
+    ):
+        # CloudFormation's part: a malformed request is still refused for what is wrong with it.
+        corpus.cfn.before({"PhysicalResourceId": None, **request})
     try:
         response = lambda_handler(request, LambdaContext())  # must not raise
         after = corpus.state()

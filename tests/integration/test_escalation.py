@@ -5,6 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
+from tests.conftest import OPT_IN
+
 ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
 
 
@@ -83,7 +85,7 @@ def test_escalation_grant_to_another_principal_is_refused(aws, stack):
     iam = boto3.client("iam")
     iam.create_service_linked_role(AWSServiceName="spotfleet.amazonaws.com")
     iam.create_role(RoleName="attacker", AssumeRolePolicyDocument="{}")
-    key_arn = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    key_arn = boto3.client("kms").create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]
     for grantee in ("arn:aws:iam::123456789012:role/attacker", "arn:aws:iam::123456789012:root"):
         response = stack.send("grant-create.json", props={"KeyId": key_arn, "GranteePrincipal": grantee})
         assert response["Status"] == "FAILED"

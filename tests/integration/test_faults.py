@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack, healer_event
+from tests.conftest import ACCOUNT, EVENTS, OPT_IN, LambdaContext, Sent, Stack, healer_event
 from tests.faults import (
     DENIED,
     FAULTS,
@@ -144,7 +144,7 @@ def delete_ecs_by_hand(env: Env) -> None:
 
 
 def make_key(env: Env) -> None:
-    env.key_arn = env.kms.create_key()["KeyMetadata"]["Arn"]
+    env.key_arn = env.kms.create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]
 
 
 @dataclass(frozen=True)
@@ -240,23 +240,21 @@ def _adopt_setup(env: Env) -> None:
 
 
 def _adopt_act(env: Env) -> dict[str, Any]:
-    return env.stack.send("role-ecs-instance-create.json", props={"PermissionsBoundary": BOUNDARY})
+    return env.stack.send("role-ecs-instance-create.json", drop=("Tags",))
 
 
 def _adopt_ok(env: Env, response: dict[str, Any]) -> None:
+    # Adoption only adds what the blueprint needs: trust, boundary and tags stay the owner's.
     ok(response)
     assert response["Data"]["Created"] == "false"
     ecs_complete(env)
     role = env.role(ECS)
     assert role is not None
     assert role["RoleId"] == env.memo["role_id"]
-    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == BOUNDARY
-    assert {t["Key"]: t["Value"] for t in env.iam.list_role_tags(RoleName=ECS)["Tags"]} == {
-        "team": "platform"
-    }
-    statements = role["AssumeRolePolicyDocument"]["Statement"]
-    services = {json.dumps(s["Principal"]["Service"]) for s in statements}
-    assert services >= {'"ec2.amazonaws.com"', '"ecs.amazonaws.com"'}, services
+    assert "PermissionsBoundary" not in role
+    assert env.iam.list_role_tags(RoleName=ECS)["Tags"] == []
+    (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"]["Service"] == ["ec2.amazonaws.com", "ecs.amazonaws.com"]
     assert len(env.claims()) == 1
 
 
@@ -264,6 +262,39 @@ def _adopt_failed(env: Env) -> None:
     role = env.role(ECS)
     assert role is not None and role["RoleId"] == env.memo["role_id"], "an adopted role was deleted"
     assert env.claims() == []
+
+
+def _update_ecs_setup(env: Env) -> None:
+    created = env.stack.send("role-ecs-instance-create.json", drop=("Tags",))
+    ok(created)
+    env.memo["physical_id"] = created["PhysicalResourceId"]
+
+
+def _update_ecs_act(env: Env) -> dict[str, Any]:
+    return env.stack.send(
+        "role-ecs-instance-create.json",
+        props={"PermissionsBoundary": BOUNDARY, "Tags": [{"Key": "team", "Value": "platform"}]},
+        old_props={},
+        RequestType="Update",
+        PhysicalResourceId=env.memo["physical_id"],
+    )
+
+
+def _update_ecs_ok(env: Env, response: dict[str, Any]) -> None:
+    ok(response)
+    ecs_complete(env)
+    role = env.role(ECS)
+    assert role is not None and role["PermissionsBoundary"]["PermissionsBoundaryArn"] == BOUNDARY
+    tags = {t["Key"]: t["Value"] for t in env.iam.list_role_tags(RoleName=ECS)["Tags"]}
+    assert tags == {"team": "platform", "rolekeeper:managed": "true"}
+    assert len(env.claims()) == 1
+
+
+def _update_ecs_failed(env: Env) -> None:
+    # Part of the change may be in place (CloudFormation's rollback Update puts it back); the role
+    # and the stack's claim must still be there.
+    ecs_complete(env)
+    assert len(env.claims()) == 1, "the failed Update must not drop the stack's claim"
 
 
 def _delete_ecs_setup(env: Env) -> None:
@@ -342,6 +373,7 @@ PROVISIONER_SCENARIOS: dict[str, Scenario] = {
     ),
     "delete-slr": Scenario(_delete_slr_setup, _delete_slr_act, _delete_slr_ok),
     "adopt-ecs": Scenario(_adopt_setup, _adopt_act, _adopt_ok, _adopt_failed),
+    "update-ecs": Scenario(_update_ecs_setup, _update_ecs_act, _update_ecs_ok, _update_ecs_failed),
     "delete-ecs": Scenario(_delete_ecs_setup, _delete_ecs_act, _delete_ecs_ok),
     "create-grant": Scenario(_grant_setup, _grant_act, _grant_ok, _grant_failed),
     "delete-grant": Scenario(_delete_grant_setup, _delete_grant_act, _delete_grant_ok),
@@ -359,11 +391,10 @@ PROVISIONER_OPERATIONS: list[tuple[str, str]] = [
     ("UpdateRole", "update-slr"),
     ("PutItem", "update-slr"),  # an existing claim's Heal/OnDelete refreshed
     ("DeleteServiceLinkedRole", "delete-slr"),
-    ("UpdateAssumeRolePolicy", "adopt-ecs"),
     ("ListAttachedRolePolicies", "adopt-ecs"),
-    ("TagRole", "adopt-ecs"),
-    ("PutRolePermissionsBoundary", "adopt-ecs"),
     ("GetInstanceProfile", "adopt-ecs"),
+    ("TagRole", "update-ecs"),
+    ("PutRolePermissionsBoundary", "update-ecs"),
     ("ListInstanceProfilesForRole", "delete-ecs"),
     ("RemoveRoleFromInstanceProfile", "delete-ecs"),
     ("DeleteInstanceProfile", "delete-ecs"),
@@ -585,7 +616,7 @@ def test_provisioner_persistent_fault_answers_one_failed_and_leaves_nothing_half
 
 # A failed Create leaves nothing (checked above), so repeating it is the transient test again; these
 # are the requests whose failure leaves state that the repeated request must finish from.
-LEAVES_STATE = ("update-slr", "delete-slr", "adopt-ecs", "delete-ecs", "delete-grant")
+LEAVES_STATE = ("update-slr", "delete-slr", "adopt-ecs", "update-ecs", "delete-ecs", "delete-grant")
 
 
 @pytest.mark.parametrize(
@@ -678,7 +709,7 @@ def test_healer_never_raises_on_events_it_drops_or_ignores(env, fault):
 
 @pytest.mark.parametrize("operation", ["CreateRole"])
 def test_a_hanging_call_is_answered_failed_once_before_the_deadline_and_its_late_result_abandoned(
-    env, monkeypatch, operation
+    env, stack, monkeypatch, operation
 ):
     from rolekeeper.handlers import custom_resource
 
@@ -690,7 +721,7 @@ def test_a_hanging_call_is_answered_failed_once_before_the_deadline_and_its_late
         return env.sent(url, body, **kwargs)
 
     monkeypatch.setattr(custom_resource.helper, "sender", timed)
-    stack = Stack("app", env.sent, LambdaContext(remaining_ms=2_000))
+    stack = Stack("app", env.sent, LambdaContext(remaining_ms=2_000), stack.cfn)
     env.faults.hang(operation, 2.3)
     start = time.monotonic()
     response = stack.send("role-ecs-instance-create.json")
@@ -706,11 +737,12 @@ def test_a_hanging_call_is_answered_failed_once_before_the_deadline_and_its_late
 # --- the registry unavailable -------------------------------------------------------------------
 
 
-def test_registry_table_missing_answers_failed_and_removes_the_role_just_created(env):
+def test_registry_table_missing_answers_failed_and_creates_nothing(env):
+    # The registry is read (the other claims' wants) before anything is made in IAM.
     env.dynamodb.delete_table(TableName=REGISTRY)
     response = env.stack.send("role-ecs-instance-create.json")
     assert response["Status"] == "FAILED"
-    assert "UpdateItem" in response["Reason"] and "ResourceNotFoundException" in response["Reason"]
+    assert "Query" in response["Reason"] and "ResourceNotFoundException" in response["Reason"]
     assert len(response["Reason"]) <= 256
     assert env.role(ECS) is None
     assert env.profile_roles(ECS) is None
@@ -754,7 +786,7 @@ def test_a_failed_claim_leaves_no_record_that_marks_a_later_role_as_rolekeepers(
     assert env.role(ECS) is None
     # Someone else makes the role (the ECS console's first run), then a stack adopts it.
     _adopt_setup(env)
-    adopted = env.stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
+    adopted = env.stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"}, drop=("Tags",))
     ok(adopted)
     deleted = env.stack.send(
         "role-ecs-instance-delete.json",

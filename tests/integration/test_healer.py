@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from rolekeeper.registry import Registry, role_key
-from tests.conftest import EVENTS, LambdaContext, healer_event
+from tests.conftest import EVENTS, OPT_IN, LambdaContext, healer_event
 
 ECS = "ecsInstanceRole"
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
@@ -152,7 +152,7 @@ def test_healer_restores_trust_policy_keeping_other_statements(stack, heal):
 @pytest.fixture
 def spot_fleet_with_grant(aws, stack):
     slr = stack.send("slr-create.json")
-    key_arn = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    key_arn = boto3.client("kms").create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]
     grant = stack.send("grant-create.json", props={"KeyId": key_arn})
     assert grant["Status"] == "SUCCESS", grant["Reason"]
     return slr, key_arn, grant

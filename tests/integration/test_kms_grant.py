@@ -6,13 +6,14 @@ import boto3
 import pytest
 
 from rolekeeper.catalog import DEFAULT_GRANT_OPERATIONS
+from tests.conftest import OPT_IN
 
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
 
 
 @pytest.fixture
 def key_arn(aws) -> str:
-    return boto3.client("kms").create_key(Description="AMI key")["KeyMetadata"]["Arn"]
+    return boto3.client("kms").create_key(Description="AMI key", Tags=OPT_IN)["KeyMetadata"]["Arn"]
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_grant_refuses_aws_managed_key(aws, spot_fleet_role, stack, monkeypatch)
 
     real = kms.describe_key
     monkeypatch.setattr(kms, "describe_key", lambda k: {**real(k), "KeyManager": "AWS"})
-    key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    key = boto3.client("kms").create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]
     response = stack.send("grant-create.json", props={"KeyId": key})
     assert response["Status"] == "FAILED"
     assert "customer managed key" in response["Reason"]

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from tests import fidelity
+from tests import cloudformation, fidelity
 from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack, healer_event
 from tests.faults import fast_aws, plain
 
@@ -70,7 +70,9 @@ class Lifecycle(RuleBasedStateMachine):
         self.monkeypatch.setattr(custom_resource.helper, "sender", self.sent)
         custom_resource.provisioner.cache_clear()
         healer.healer.cache_clear()
-        self.stacks = {name: Stack(name, self.sent, LambdaContext()) for name in STACKS}
+        self.cfn = cloudformation.CloudFormation()
+        cloudformation.install(self.monkeypatch, self.cfn)
+        self.stacks = {name: Stack(name, self.sent, LambdaContext(), self.cfn) for name in STACKS}
         self.claims: dict[tuple[str, str], Claim] = {}
         self.gone: dict[str, bool] = dict.fromkeys(KINDS, False)
         self.deletion_task: str | None = None

@@ -88,8 +88,16 @@ def attached(name: str) -> set[str]:
     return {p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=name)["AttachedPolicies"]}
 
 
-def tags(name: str) -> dict[str, str]:
+MARKER = "rolekeeper:managed"
+
+
+def all_tags(name: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in iam().list_role_tags(RoleName=name)["Tags"]}
+
+
+def tags(name: str) -> dict[str, str]:
+    """The role's tags apart from rolekeeper's marker (which test_created_roles_carry_the_marker checks)."""
+    return {k: v for k, v in all_tags(name).items() if k != MARKER}
 
 
 def profiles_holding(name: str) -> list[str]:
@@ -168,10 +176,33 @@ def test_spot_fleet_tagging_creates_documented_role(aws, stack):
 
 
 def test_ecs_instance_creates_documented_role_with_instance_profile(aws, stack):
-    response = stack.send("role-ecs-instance-create.json")
+    response = stack.send(
+        "role-ecs-instance-create.json", props={"Tags": [{"Key": "team", "Value": "platform"}]}
+    )
     assert_documented_role(response, "ecsInstanceRole", "ec2.amazonaws.com", ECS_INSTANCE_POLICY, True)
-    # The event's tag is applied at creation
-    assert tags("ecsInstanceRole") == {"team": "platform"}
+    # The tag is applied at creation, with rolekeeper's marker
+    assert all_tags("ecsInstanceRole") == {"team": "platform", MARKER: "true"}
+
+
+@pytest.mark.parametrize(
+    "event_file",
+    [
+        "role-ecs-instance-create.json",
+        "role-ec2-application-create.json",
+        "role-spot-fleet-tagging-create.json",
+    ],
+)
+def test_created_roles_carry_the_marker_adopted_roles_do_not(aws, stack, event_file):
+    response = stack.send(event_file)
+    assert response["Status"] == "SUCCESS", response["Reason"]
+    assert all_tags(response["Data"]["RoleName"]) == {MARKER: "true"}
+    iam().create_role(
+        RoleName="AWSBatchServiceRole",
+        AssumeRolePolicyDocument=trust_document(service_trust("batch.amazonaws.com")),
+    )
+    adopted = stack.send("role-batch-service-create.json")
+    assert adopted["Data"]["Created"] == "false"
+    assert all_tags("AWSBatchServiceRole") == {}
 
 
 def test_batch_service_creates_documented_role(aws, stack):
@@ -204,15 +235,24 @@ def test_ec2_application_creates_named_role_with_listed_policies_and_profile(aws
     assert profiles_holding("web-app") == ["web-app"]
 
 
-def test_ec2_application_with_path_puts_role_and_profile_under_it(aws, stack):
-    response = stack.send("role-ec2-application-create.json", props={"Path": "/apps/web/"})
+def test_documented_name_with_path_puts_role_and_profile_under_it(aws, stack):
+    response = stack.send("role-ecs-instance-create.json", props={"Path": "/batch/"})
     assert response["Status"] == "SUCCESS", response["Reason"]
-    assert response["PhysicalResourceId"] == f"arn:aws:iam::{ACCOUNT}:role/apps/web/web-app"
-    assert get_role("web-app")["Path"] == "/apps/web/"
-    assert get_profile("web-app")["Path"] == "/apps/web/"
+    assert response["PhysicalResourceId"] == f"arn:aws:iam::{ACCOUNT}:role/batch/ecsInstanceRole"
+    assert get_role("ecsInstanceRole")["Path"] == "/batch/"
+    assert get_profile("ecsInstanceRole")["Path"] == "/batch/"
     assert (
-        response["Data"]["InstanceProfileArn"] == f"arn:aws:iam::{ACCOUNT}:instance-profile/apps/web/web-app"
+        response["Data"]["InstanceProfileArn"]
+        == f"arn:aws:iam::{ACCOUNT}:instance-profile/batch/ecsInstanceRole"
     )
+
+
+def test_application_role_with_path_is_refused(aws, stack):
+    # IAM's "*" also matches "/": rolekeeper's permissions for prefixed names stop at the root path.
+    response = stack.send("role-ec2-application-create.json", props={"Path": "/apps/web/"})
+    assert response["Status"] == "FAILED"
+    assert response["Reason"].startswith("Path must be / for RoleName web-app")
+    assert role_names() == set()
 
 
 def test_ec2_application_instance_profile_false_makes_no_profile(aws, stack):
@@ -344,8 +384,8 @@ def test_adopt_console_ecs_instance_role_adds_blueprint_and_keeps_extras(aws, st
     assert response["Data"]["InstanceProfileName"] == "ecsInstanceRole"
     assert attached("ecsInstanceRole") == {ECS_INSTANCE_POLICY, SSM_CORE}
     assert profiles_holding("ecsInstanceRole") == ["ecsInstanceRole"]
-    assert tags("ecsInstanceRole") == {"owner": "ops", "team": "platform"}
-    assert only_statement("ecsInstanceRole")["Principal"] == {"Service": "ec2.amazonaws.com"}
+    assert all_tags("ecsInstanceRole") == {"owner": "ops"}
+    assert only_statement("ecsInstanceRole") == service_trust("ec2.amazonaws.com")
 
 
 def test_adopt_role_keeps_other_trusted_principals(aws, stack):
@@ -417,7 +457,9 @@ def test_update_ec2_application_swaps_policies_and_adds_tag_in_place(aws, stack)
     role_id = get_role("web-app")["RoleId"]
     # When (events/role-ec2-application-update.json: SSM core -> CloudWatch agent, tag app=web)
     response = stack.send(
-        "role-ec2-application-update.json", PhysicalResourceId=created["PhysicalResourceId"]
+        "role-ec2-application-update.json",
+        props={"Tags": [{"Key": "app", "Value": "web"}]},
+        PhysicalResourceId=created["PhysicalResourceId"],
     )
     # Then
     assert response["Status"] == "SUCCESS", response["Reason"]
@@ -525,21 +567,28 @@ def test_update_role_name_change_replaces_role_and_old_stays_until_cleanup(aws, 
 
 
 def test_update_path_and_role_name_change_replaces_role(aws, stack):
-    created = stack.send("role-ec2-application-create.json")
+    old = {"OnDelete": "Delete"}
+    created = stack.send("role-spot-fleet-tagging-create.json", props=old)
     response = stack.send(
-        "role-ec2-application-update.json",
-        props={"RoleName": "web-app-v2", "Path": "/apps/"},
+        "role-spot-fleet-tagging-create.json",
+        props={"RoleName": "AmazonEC2SpotFleetRole", "Path": "/spot/", **old},
+        old_props=old,
+        RequestType="Update",
         PhysicalResourceId=created["PhysicalResourceId"],
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
-    assert response["PhysicalResourceId"] == f"arn:aws:iam::{ACCOUNT}:role/apps/web-app-v2"
-    assert get_role("web-app-v2")["Path"] == "/apps/"
-    assert get_profile("web-app-v2")["Path"] == "/apps/"
-    assert get_role("web-app")["Path"] == "/"
-    cleanup = stack.send("role-ec2-application-delete.json", PhysicalResourceId=created["PhysicalResourceId"])
+    assert response["PhysicalResourceId"] == f"arn:aws:iam::{ACCOUNT}:role/spot/AmazonEC2SpotFleetRole"
+    assert get_role("AmazonEC2SpotFleetRole")["Path"] == "/spot/"
+    assert get_role("aws-ec2-spot-fleet-tagging-role")["Path"] == "/"
+    cleanup = stack.send(
+        "role-spot-fleet-tagging-create.json",
+        props=old,
+        RequestType="Delete",
+        PhysicalResourceId=created["PhysicalResourceId"],
+    )
     assert cleanup["Status"] == "SUCCESS", cleanup["Reason"]
-    assert get_role("web-app") is None
-    assert get_role("web-app-v2") is not None
+    assert get_role("aws-ec2-spot-fleet-tagging-role") is None
+    assert get_role("AmazonEC2SpotFleetRole") is not None
 
 
 def test_update_path_change_alone_is_refused_and_role_untouched(aws, stack):
@@ -856,6 +905,11 @@ def test_partition_us_gov_request_attaches_us_gov_policies(aws, stack, monkeypat
 
     attached_arns: list[str] = []
     monkeypatch.setattr(rk_iam, "attach", lambda _name, arn: attached_arns.append(arn))
+    # The partition comes from the function's own ARN (a function in GovCloud), not from the request.
+    stack.context = dataclasses.replace(
+        stack.context,
+        invoked_function_arn=f"arn:aws-us-gov:lambda:us-gov-west-1:{ACCOUNT}:function:rolekeeper-ProvisionerFunction",
+    )
     response = stack.send("role-spot-fleet-tagging-create.json", StackId=GOV_STACK_ID)
     assert response["Status"] == "SUCCESS", response["Reason"]
     assert attached_arns == ["arn:aws-us-gov:iam::aws:policy/service-role/AmazonEC2SpotFleetTaggingRole"]

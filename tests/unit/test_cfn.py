@@ -505,3 +505,77 @@ def test_sam_local_prints_the_response_instead_of_sending_it(monkeypatch, capsys
     printed, _end = json.JSONDecoder().raw_decode(out[start:])
     assert printed == helper.last_response
     assert printed["Status"] == "SUCCESS"
+
+
+# --- bounds: body size, malformed URLs, crhelper's polling keys ----------------------------------
+
+
+def test_a_body_over_4096_bytes_drops_the_largest_attributes_and_keeps_the_rest(real_env):
+    sender = Sender()
+    helper = CustomResource(sender=sender)
+
+    def work(_event: dict[str, Any], _context: Any) -> str:
+        helper.Data.update({"GrantToken": "t" * 5000, "GrantId": "g" * 64, "KeyArn": "arn:aws:kms:k"})
+        return "pid-1"
+
+    helper.create(work)
+    helper(event(), Context())
+    (_url, body, _kwargs) = sender.calls[0]
+    assert len(json.dumps(body).encode()) <= cfn.MAX_BODY
+    assert body["Status"] == "SUCCESS"
+    assert body["Data"] == {"GrantId": "g" * 64, "KeyArn": "arn:aws:kms:k"}
+
+
+def test_escaped_characters_count_toward_the_4096_bytes(real_env):
+    sender = Sender()
+    helper = resource(sender, physical_id="arn:aws:iam::123456789012:role/" + "\\" * 500 + "/x")
+    helper.Data.clear()
+
+    def work(_event: dict[str, Any], _context: Any) -> str:
+        helper.Data.update({"Arn": "\\" * 1500, "InstanceProfileArn": "\\" * 1400, "RoleName": "x"})
+        return "arn:aws:iam::123456789012:role/" + "\\" * 500 + "/x"
+
+    helper.create(work)
+    helper(event(), Context())
+    (_url, body, _kwargs) = sender.calls[0]
+    assert len(json.dumps(body).encode()) <= cfn.MAX_BODY
+    assert body["Data"]["RoleName"] == "x"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bucket.s3.amazonaws.com/x\n?X-Amz-Signature=secret",
+        "https://bucket.s3.amazonaws.com/x y?X-Amz-Signature=secret",
+        "https://bucket.s3.amazonaws.com:99999/x?X-Amz-Signature=secret",
+        "https://[bucket/x?X-Amz-Signature=secret",
+    ],
+)
+def test_a_response_url_that_cannot_be_used_is_refused_without_raising_or_logging_it(real_env, url, logs):
+    sender = Sender()
+    helper = resource(sender)
+    helper(event(ResponseURL=url), Context())  # must not raise
+    assert sender.calls == []
+    assert helper.calls == []  # type: ignore[attr-defined]
+    assert "secret" not in logs()
+
+
+def test_any_exception_while_sending_is_a_failed_attempt(monkeypatch, sleeps):
+    import http.client
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise http.client.BadStatusLine("garbage")
+
+    monkeypatch.setattr(cfn.urllib.request, "urlopen", broken)
+    body = {"Status": "SUCCESS", "Data": {}}
+    assert send_response("https://bucket.s3.amazonaws.com/x", body, attempts=3) is False
+
+
+@pytest.mark.parametrize("key", ["CrHelperPoll", "CrHelperData", "CrHelperPermission", "CrHelperRule"])
+def test_crhelpers_polling_keys_are_ignored(real_env, key):
+    sender = Sender()
+    helper = resource(sender)
+    helper(event(**{key: {"Forged": "yes"}}), Context())
+    (_url, body, _kwargs) = sender.calls[0]
+    assert helper.calls == ["Create"]  # type: ignore[attr-defined]
+    assert body["Data"] == {"Answer": "42"}

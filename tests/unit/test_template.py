@@ -80,9 +80,11 @@ def _actions(statement: dict[str, Any]) -> list[str]:
 
 
 def test_template_policies_name_no_wildcard_actions():
+    # Wildcards only ever take away (a Deny); every Allow lists its actions.
     for name, statements in _statements().items():
         for statement in statements:
-            assert all("*" not in a for a in _actions(statement)), (name, statement)
+            if statement["Effect"] == "Allow":
+                assert all("*" not in a for a in _actions(statement)), (name, statement)
 
 
 def test_template_privileged_actions_are_conditioned():
@@ -100,7 +102,6 @@ def test_template_privileged_actions_are_conditioned():
             if "iam:AttachRolePolicy" in actions:
                 allowed = statement["Condition"]["ArnEquals"]["iam:PolicyARN"]
                 assert "arn:aws:iam::aws:policy/AdministratorAccess" not in allowed
-                assert "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role" in allowed
             if "kms:CreateGrant" in actions:
                 assert statement["Condition"]["StringEquals"]["kms:GranteePrincipal"].endswith(
                     ":role/aws-service-role/spotfleet.amazonaws.com/AWSServiceRoleForEC2SpotFleet"
@@ -119,6 +120,7 @@ def test_template_healer_never_deletes():
         for name, group in statements.items()
         if "HealerFunction" in name or "ConvergePolicy" in name
         for s in group
+        if s["Effect"] == "Allow"
     ]
     for statement in healer:
         for action in _actions(statement):

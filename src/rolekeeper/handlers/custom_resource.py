@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from rolekeeper import aws
+from rolekeeper import aws, verify
 from rolekeeper.cfn import CustomResource
 from rolekeeper.config import settings
 from rolekeeper.errors import RolekeeperError
@@ -25,7 +25,7 @@ def provisioner() -> Provisioner:
     return Provisioner(config, Registry(config.registry_table_name))
 
 
-def _request(event: dict[str, Any]) -> Request:
+def _request(event: dict[str, Any], context: Any) -> Request:
     return Request(
         request_type=event["RequestType"],
         resource_type=event["ResourceType"],
@@ -34,13 +34,18 @@ def _request(event: dict[str, Any]) -> Request:
         properties=event.get("ResourceProperties") or {},
         old_properties=event.get("OldResourceProperties"),
         physical_id=event.get("PhysicalResourceId"),
+        identity=verify.identity_for(context.invoked_function_arn, event["StackId"]),
     )
 
 
-def _run(action: str, event: dict[str, Any]) -> str:
+def _run(action: str, event: dict[str, Any], context: Any) -> str:
     """Every failure becomes a RolekeeperError whose message is a short, useful Reason."""
-    request = _request(event)
     try:
+        request = _request(event, context)
+        if action != "delete":
+            provisioner().validate(request)  # bad input fails before any AWS call
+        if settings().verify_requests and provisioner().acts_on(request):
+            verify.confirm(request.request_type, request.stack_id, request.logical_id, request.physical_id)
         response = provisioner().delete(request) if action == "delete" else provisioner().converge(request)
     except RolekeeperError as error:
         logger.warning("request refused", reason=str(error))
@@ -75,13 +80,13 @@ def _run(action: str, event: dict[str, Any]) -> str:
 
 @helper.create
 @helper.update
-def converge(event: dict[str, Any], _context: Any) -> str:
-    return _run("converge", event)
+def converge(event: dict[str, Any], context: Any) -> str:
+    return _run("converge", event, context)
 
 
 @helper.delete
-def delete(event: dict[str, Any], _context: Any) -> str:
-    return _run("delete", event)
+def delete(event: dict[str, Any], context: Any) -> str:
+    return _run("delete", event, context)
 
 
 @metrics.log_metrics

@@ -1,0 +1,151 @@
+"""Who may change what on a role. The provisioner and the healer both consult these rules:
+
+- each claim stores what it asked for (its wants: a RoleSpec);
+- an object's desired state is the union of its claims' wants, never the last writer's;
+- rolekeeper records each piece it added (a policy it attached, the instance profile it made, a
+  tag or boundary it set), and only those pieces may ever be taken away, and only when no
+  remaining claim wants them;
+- a role rolekeeper did not create is adopted only under a documented fixed name, bound to its
+  blueprint, and only gains what the blueprint needs: its boundary, tags, trust statements and
+  conditions, policies and instance profiles are never replaced or removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from rolekeeper.catalog import MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
+from rolekeeper.reconcile import RoleSpec, trusts
+
+PROFILE = "profile"
+
+
+def policy_piece(arn: str) -> str:
+    return f"policy:{arn}"
+
+
+def tag_piece(key: str) -> str:
+    return f"tag:{key.lower()}"  # IAM tag keys are unique case-insensitively
+
+
+def boundary_piece(arn: str) -> str:
+    return f"boundary:{arn}"
+
+
+def pieces_of(spec: RoleSpec) -> set[str]:
+    """Every piece a spec asks for (what a role made from it carries because of rolekeeper)."""
+    pieces = {policy_piece(arn) for arn in spec.policy_arns} | {tag_piece(k) for k in spec.tags}
+    if spec.boundary:
+        pieces.add(boundary_piece(spec.boundary))
+    if spec.instance_profile:
+        pieces.add(PROFILE)
+    return pieces
+
+
+def wants_of(claims_wants: Iterable[dict[str, Any] | None], fallback: dict[str, Any]) -> list[RoleSpec]:
+    """The claims' wants as specs. A claim written before claims stored their wants counts as
+    wanting the object's recorded desired state."""
+    found = [RoleSpec.from_dict(w) if w else RoleSpec.from_dict(fallback) for w in claims_wants]
+    return found or [RoleSpec.from_dict(fallback)]
+
+
+def union(wants: Sequence[RoleSpec]) -> RoleSpec:
+    """The desired state: every claim's policies, tags and instance profile; the trust statement
+    with confused-deputy conditions if any claim asks for them (the stricter one wins)."""
+    first = wants[0]
+    statement = next((w.trust_statement for w in wants if "Condition" in w.trust_statement), None)
+    tags: dict[str, str] = {}
+    for want in wants:
+        tags.update(want.tags)
+    return replace(
+        first,
+        trust_statement=statement or first.trust_statement,
+        policy_arns=tuple(dict.fromkeys(arn for w in wants for arn in w.policy_arns)),
+        owned_policy_arns=tuple(dict.fromkeys(arn for w in wants for arn in w.owned_policy_arns)),
+        boundary=next((w.boundary for w in wants if w.boundary), None),
+        tags=tags,
+        instance_profile=any(w.instance_profile for w in wants),
+    )
+
+
+def conflict(spec: RoleSpec, others: Sequence[RoleSpec]) -> str | None:
+    """Why this claim's wants cannot join the other claims on the same role (a Reason), or None."""
+    name = spec.name
+    for other in others:
+        if other.blueprint != spec.blueprint:
+            return f"Blueprint: role {name} is held by another stack as {other.blueprint}; use that blueprint"
+        if other.path != spec.path:
+            return f"Path: role {name} is held by another stack at path {other.path}; use that path"
+        if other.boundary != spec.boundary:
+            return (
+                f"PermissionsBoundary: another stack holds role {name} with "
+                f"{other.boundary or 'no boundary'}; a role has one boundary, so use the same"
+            )
+        theirs = {k.lower(): (k, v) for k, v in other.tags.items()}
+        for key, value in spec.tags.items():
+            if key.lower() in theirs and theirs[key.lower()][1] != value:
+                return f"Tags: another stack holds role {name} with {key}={theirs[key.lower()][1]}; use the same value"
+    return None
+
+
+def is_marked(role: dict[str, Any]) -> bool:
+    """Carries rolekeeper's marker tag (set in the CreateRole call that made it)."""
+    return any(
+        t.get("Key") == MARKER_TAG_KEY and t.get("Value") == MARKER_TAG_VALUE for t in role.get("Tags", [])
+    )
+
+
+def adoption_refusal(spec: RoleSpec, role: dict[str, Any], explicit_protection: bool | None) -> str | None:
+    """Why a role rolekeeper did not create cannot be adopted for this request, or None.
+    Adoption only adds what the blueprint needs; anything that would replace or remove what the
+    role's owner set is refused, naming the property."""
+    name = spec.name
+    bound = fixed_blueprint(name)
+    if bound is None:
+        return (
+            f"RoleName: role {name} exists and was not created by rolekeeper; only the documented "
+            "names (ecsInstanceRole, AWSBatchServiceRole, the Spot Fleet role names) are adopted. "
+            "Choose another RoleName"
+        )
+    if bound != spec.blueprint:
+        return f"Blueprint: {name} is the documented name for Blueprint {bound}, not {spec.blueprint}"
+    current = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+    if spec.boundary and spec.boundary != current:
+        return (
+            f"PermissionsBoundary: role {name} was not created by rolekeeper; its boundary is left as it "
+            "is. Remove PermissionsBoundary"
+        )
+    tags = {t["Key"].lower(): t["Value"] for t in role.get("Tags", [])}
+    changed = [k for k, v in spec.tags.items() if tags.get(k.lower()) != v]
+    if changed:
+        return (
+            f"Tags: role {name} was not created by rolekeeper; its tags are left as they are "
+            f"(would change {changed[0]}). Remove Tags"
+        )
+    if explicit_protection and "Condition" in spec.trust_statement:
+        principal = spec.principals
+        document = role.get("AssumeRolePolicyDocument") or {}
+        statements = document.get("Statement", [])
+        statements = statements if isinstance(statements, list) else [statements]
+        conditioned = [
+            s
+            for s in statements
+            if trusts({"Statement": [s]}, principal)
+            and {"aws:SourceAccount", "aws:SourceArn"}
+            <= {k for c in (s.get("Condition") or {}).values() if isinstance(c, dict) for k in c}
+        ]
+        if not conditioned:
+            return (
+                f"ConfusedDeputyProtection: role {name} was not created by rolekeeper; its trust policy is "
+                "left as it is. Add the aws:SourceAccount and aws:SourceArn conditions yourself, or remove "
+                "the property"
+            )
+    return None
+
+
+def removable(added: Iterable[str], desired: RoleSpec | None) -> set[str]:
+    """Pieces rolekeeper added that no remaining claim wants: the only ones it may take away."""
+    wanted = pieces_of(desired) if desired is not None else set()
+    return {piece for piece in added if piece not in wanted}

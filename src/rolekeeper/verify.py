@@ -1,0 +1,119 @@
+"""Is this request really CloudFormation's? Identity from the function, state from CloudFormation.
+
+Anyone allowed to invoke the function can hand it any event, so nothing in the event is trusted
+by itself: the account and partition are the function's own, and a request acts only when
+CloudFormation shows the resource in the state it is in when it sends that request type.
+
+CloudFormation's documented behaviour this relies on (AWS CloudFormation User Guide, "Custom
+resource request types" Create/Update/Delete, and "Stack status codes"):
+- Create is sent while the resource is CREATE_IN_PROGRESS (stack CREATE_IN_PROGRESS, or
+  UPDATE_IN_PROGRESS when an update adds the resource).
+- Update is sent while the resource is UPDATE_IN_PROGRESS: during an update (stack
+  UPDATE_IN_PROGRESS), and when an update rolls back (stack UPDATE_ROLLBACK_IN_PROGRESS, where the
+  previous properties are sent again).
+- Delete is sent while the resource is DELETE_IN_PROGRESS with that physical id: stack deletion
+  (DELETE_IN_PROGRESS), rollback of a failed create (ROLLBACK_IN_PROGRESS), a resource removed
+  from the template (UPDATE_COMPLETE_CLEANUP_IN_PROGRESS) or one added by an update that rolled
+  back (UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS).
+- A returned physical id that differs from the old one is a replacement: the old physical id gets
+  a Delete during UPDATE_COMPLETE_CLEANUP_IN_PROGRESS ("removal of old resources after a
+  successful stack update"); after a failed update the new one gets a Delete during
+  UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS. The resource itself then shows the physical id
+  it keeps, so DescribeStacks is asked for the stack's status.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from rolekeeper import aws
+from rolekeeper.catalog import Scope
+from rolekeeper.errors import RolekeeperError
+
+logger = Logger(child=True)
+
+STACK_ARN = re.compile(
+    r"^arn:(aws[a-z-]*):cloudformation:([a-z0-9-]+):(\d{12}):stack/([A-Za-z][A-Za-z0-9-]{0,127})/[A-Za-z0-9-]+$"
+)
+REPLACEMENT_CLEANUP = frozenset(
+    {"UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"}
+)
+RESOURCE_STATUS_FOR = {
+    "Create": "CREATE_IN_PROGRESS",
+    "Update": "UPDATE_IN_PROGRESS",
+    "Delete": "DELETE_IN_PROGRESS",
+}
+
+
+class Unconfirmed(RolekeeperError):
+    """CloudFormation does not confirm the request; nothing was changed."""
+
+
+def identity_for(invoked_function_arn: str, stack_id: str) -> Scope:
+    """The scope a request runs in. The StackId must name this function's own partition,
+    account and region; under sam local (a made-up function ARN) the StackId's own is used."""
+    match = STACK_ARN.fullmatch(stack_id)
+    if match is None:
+        raise Unconfirmed("StackId is not a CloudFormation stack ARN")
+    if os.environ.get("AWS_SAM_LOCAL"):
+        return Scope(partition=match.group(1), region=match.group(2), account=match.group(3))
+    own = Scope.from_arn(invoked_function_arn)
+    if (match.group(1), match.group(3), match.group(2)) != (own.partition, own.account, own.region):
+        raise Unconfirmed(
+            f"StackId names {match.group(1)}/{match.group(3)}/{match.group(2)}; this rolekeeper serves "
+            f"stacks in {own.partition}/{own.account}/{own.region} only"
+        )
+    return own
+
+
+def confirm(request_type: str, stack_id: str, logical_id: str, physical_id: str | None) -> None:
+    """Raise Unconfirmed unless CloudFormation is sending this request now."""
+    resource = _describe_resource(stack_id, logical_id)
+    status = resource.get("ResourceStatus", "")
+    current = resource.get("PhysicalResourceId")
+    wanted = RESOURCE_STATUS_FOR[request_type]
+    if request_type == "Create" and status == wanted:
+        return
+    if request_type == "Update" and status == wanted:
+        if current == physical_id or _stack_status(stack_id) == "UPDATE_ROLLBACK_IN_PROGRESS":
+            return
+        raise Unconfirmed(
+            f"CloudFormation shows {logical_id} with another physical id; request not confirmed"
+        )
+    if request_type == "Delete":
+        if status == wanted and current == physical_id:
+            return
+        if current != physical_id and _stack_status(stack_id) in REPLACEMENT_CLEANUP:
+            return  # the cleanup of a replaced physical id
+    raise Unconfirmed(
+        f"CloudFormation shows {logical_id} as {status or 'unknown'}, not a {request_type} in progress; "
+        "request not confirmed, nothing changed"
+    )
+
+
+def _describe_resource(stack_id: str, logical_id: str) -> dict[str, Any]:
+    try:
+        found = aws.cloudformation().describe_stack_resource(StackName=stack_id, LogicalResourceId=logical_id)
+    except ClientError as error:
+        if aws.error_code(error) == "ValidationError":
+            # "Stack ... does not exist" or "Resource ... does not exist for stack ..."
+            raise Unconfirmed(
+                f"CloudFormation knows no resource {logical_id} in that stack; request not confirmed"
+            ) from None
+        raise
+    return dict(found["StackResourceDetail"])
+
+
+def _stack_status(stack_id: str) -> str:
+    try:
+        stacks = aws.cloudformation().describe_stacks(StackName=stack_id)["Stacks"]
+    except ClientError as error:
+        if aws.error_code(error) == "ValidationError":
+            return ""
+        raise
+    return str(stacks[0]["StackStatus"]) if stacks else ""

@@ -1,0 +1,155 @@
+"""A CloudFormation double: DescribeStackResource and DescribeStacks answered from the state a
+test sets, the way tests/fidelity.py makes moto's IAM behave as IAM does.
+
+rolekeeper acts on a request only when CloudFormation shows the resource in the state it is in
+when it sends that request type (src/rolekeeper/verify.py). Tests that play CloudFormation's part
+(tests/conftest.py's Stack) set that state before each request, as CloudFormation would; a test
+that forges a request simply does not. Patched into moto's CloudFormation responses, so it
+answers in-process (mock_aws) and over HTTP (a moto server in the test process) alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from moto.cloudformation import responses as cfn_responses
+from moto.core.responses import ActionResult
+
+
+@dataclass
+class Resource:
+    status: str
+    physical_id: str | None = None
+    resource_type: str = "Custom::ServiceRole"
+
+
+@dataclass
+class CloudFormation:
+    stacks: dict[str, str] = field(default_factory=dict)  # stack id -> stack status
+    resources: dict[tuple[str, str], Resource] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def set(
+        self,
+        stack_id: str,
+        logical_id: str,
+        status: str,
+        physical_id: str | None = None,
+        *,
+        stack_status: str | None = None,
+        resource_type: str = "Custom::ServiceRole",
+    ) -> None:
+        self.resources[(stack_id, logical_id)] = Resource(status, physical_id, resource_type)
+        self.stacks[stack_id] = stack_status or self.stacks.get(stack_id, "CREATE_COMPLETE")
+
+    def resource(self, stack_id: str, logical_id: str) -> Resource | None:
+        return self.resources.get((stack_id, logical_id))
+
+    # CloudFormation's part in each request type (see src/rolekeeper/verify.py for the sources).
+    def before(self, event: dict[str, Any]) -> None:
+        stack_id, logical_id = event["StackId"], event["LogicalResourceId"]
+        kind = event["RequestType"]
+        known = self.resource(stack_id, logical_id)
+        if kind == "Create":
+            status = "UPDATE_IN_PROGRESS" if stack_id in self.stacks else "CREATE_IN_PROGRESS"
+            self.set(stack_id, logical_id, "CREATE_IN_PROGRESS", None, stack_status=status)
+        elif kind == "Update":
+            self.set(
+                stack_id,
+                logical_id,
+                "UPDATE_IN_PROGRESS",
+                event["PhysicalResourceId"],
+                stack_status="UPDATE_IN_PROGRESS",
+            )
+        elif known is not None and known.physical_id not in (None, event["PhysicalResourceId"]):
+            # The Delete of a replaced physical id: the resource keeps its new one.
+            self.stacks[stack_id] = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"
+        else:
+            self.set(
+                stack_id,
+                logical_id,
+                "DELETE_IN_PROGRESS",
+                event["PhysicalResourceId"],
+                stack_status="DELETE_IN_PROGRESS",
+            )
+
+    def after(self, event: dict[str, Any], response: dict[str, Any]) -> None:
+        stack_id, logical_id = event["StackId"], event["LogicalResourceId"]
+        kind = event["RequestType"]
+        known = self.resource(stack_id, logical_id)
+        ok = response.get("Status") == "SUCCESS"
+        if kind == "Create":
+            self.set(
+                stack_id,
+                logical_id,
+                "CREATE_COMPLETE" if ok else "CREATE_FAILED",
+                response.get("PhysicalResourceId"),
+                stack_status="CREATE_COMPLETE",
+            )
+        elif kind == "Update":
+            physical_id = response.get("PhysicalResourceId") if ok else event["PhysicalResourceId"]
+            self.set(
+                stack_id,
+                logical_id,
+                "UPDATE_COMPLETE" if ok else "UPDATE_FAILED",
+                physical_id,
+                stack_status="UPDATE_COMPLETE",
+            )
+        elif known is not None and known.status == "DELETE_IN_PROGRESS":
+            if ok:
+                del self.resources[(stack_id, logical_id)]
+            else:
+                known.status = "DELETE_FAILED"
+        else:
+            self.stacks[stack_id] = "UPDATE_COMPLETE"
+
+
+def _validation_error(message: str) -> Exception:
+    from moto.cloudformation.exceptions import ValidationError
+
+    return ValidationError(message=message)
+
+
+def install(monkeypatch: pytest.MonkeyPatch, double: CloudFormation) -> None:
+    def describe_stack_resource(self: Any) -> ActionResult:
+        stack_id = self._get_param("StackName")
+        logical_id = self._get_param("LogicalResourceId")
+        double.calls.append("DescribeStackResource")
+        if stack_id not in double.stacks:
+            raise _validation_error(f"Stack with id {stack_id} does not exist")
+        found = double.resource(stack_id, logical_id)
+        if found is None:
+            raise _validation_error(f"Resource {logical_id} does not exist for stack {stack_id}")
+        detail: dict[str, Any] = {
+            "StackName": stack_id.split("/")[1],
+            "StackId": stack_id,
+            "LogicalResourceId": logical_id,
+            "ResourceType": found.resource_type,
+            "LastUpdatedTimestamp": datetime.datetime.now(datetime.UTC),
+            "ResourceStatus": found.status,
+        }
+        if found.physical_id:
+            detail["PhysicalResourceId"] = found.physical_id
+        return ActionResult({"StackResourceDetail": detail})
+
+    def describe_stacks(self: Any) -> ActionResult:
+        stack_id = self._get_param("StackName")
+        double.calls.append("DescribeStacks")
+        if stack_id not in double.stacks:
+            raise _validation_error(f"Stack with id {stack_id} does not exist")
+        stack = {
+            "StackName": stack_id.split("/")[1],
+            "StackId": stack_id,
+            "CreationTime": datetime.datetime.now(datetime.UTC),
+            "StackStatus": double.stacks[stack_id],
+            "Tags": {},
+        }
+        return ActionResult({"Stacks": [stack]})
+
+    monkeypatch.setattr(
+        cfn_responses.CloudFormationResponse, "describe_stack_resource", describe_stack_resource
+    )
+    monkeypatch.setattr(cfn_responses.CloudFormationResponse, "describe_stacks", describe_stacks)
