@@ -40,7 +40,7 @@ lint: dev tools
 	$(VENV)/bin/mypy
 	$(SAM) validate --lint --template template.yaml
 	$(TOOLS)/sam/bin/cfn-lint template.yaml examples/*.yaml
-	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation --file template.yaml --file examples/iam-events-forwarder.yaml
+	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation --file template.yaml --file examples/iam-events-forwarder.yaml --file examples/batch-platform.yaml
 	$(PY) -m tools.policies | $(TOOLS)/parliament/bin/python tools/parliament_check.py
 
 format: dev

@@ -28,6 +28,7 @@ SAMPLE = {
     "AllowedManagedPolicyArns": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
     "NotificationTopic": "arn:aws:sns:us-east-1:123456789012:rolekeeper-NotificationTopic",
     "TargetRegion": "eu-west-1",
+    "RolekeeperStackName": "rolekeeper",
 }
 
 
@@ -143,6 +144,7 @@ def main() -> int:
     documents = {
         **template_policies(ROOT / "template.yaml"),
         **template_policies(ROOT / "examples" / "iam-events-forwarder.yaml"),
+        **template_policies(ROOT / "examples" / "batch-platform.yaml"),
         **blueprint_policies(),
     }
     json.dump(documents, sys.stdout, indent=1)
