@@ -5,7 +5,9 @@ Two findings are expected by design and set aside, each only where it applies:
   identity policy and calls that MALFORMED;
 - rolekeeper's own functions manage roles and grants, which is what the community auditor
   PERMISSIONS_MANAGEMENT_ACTIONS points at; template.yaml scopes each of those actions to the
-  blueprint role names, allowed services, allowed policies and the Spot Fleet grantee.
+  blueprint role names, allowed services, allowed policies and the Spot Fleet grantee; the
+  example's iam:PassRole is what launching instances with an application role needs, scoped to
+  EC2 and to roles carrying rolekeeper's marker tag.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ EXPECTED = {
     "trust:": {("MALFORMED", "Statement contains neither Resource nor NotResource")},
     "template.yaml:ConvergePolicy": {("PERMISSIONS_MANAGEMENT_ACTIONS", "")},
     "template.yaml:ProvisionerFunction:": {("PERMISSIONS_MANAGEMENT_ACTIONS", "")},
+    "batch-platform.yaml:PassApplicationRoles": {("PERMISSIONS_MANAGEMENT_ACTIONS", "")},
 }
 
 
