@@ -16,7 +16,6 @@ from rolekeeper.notify import notify
 from rolekeeper.reconcile import (
     GrantSpec,
     LinkedRoleSpec,
-    RoleSpec,
     canonical,
     converge_grant,
     converge_linked_role,
@@ -74,11 +73,6 @@ class Actual:
         return cls(role=role, attached=iam.attached_policies(name), profiles=set(iam.profiles_of(name)))
 
 
-def desired_role(record: Record) -> RoleSpec:
-    """The role's desired state: the union of what its claims asked for (ownership.py)."""
-    return ownership.union(ownership.wants_of([c.wants for c in record.claims], record.desired))
-
-
 def drift(record: Record, actual: Actual) -> list[str]:
     """What differs from the recorded desired state (additive only: never what others added)."""
     if actual.role is None:
@@ -90,7 +84,7 @@ def drift(record: Record, actual: Actual) -> list[str]:
         return ["role recreated with a new unique id"] if known and actual.role.get("RoleId") != known else []
     if record.kind != "role":
         return []
-    spec = desired_role(record)
+    spec = ownership.desired_of(record)
     problems = [f"policy {arn} detached" for arn in spec.policy_arns if arn not in actual.attached]
     current = actual.role.get("AssumeRolePolicyDocument") or {}
     if record.created or ownership.is_marked(actual.role):
@@ -183,8 +177,8 @@ class Healer:
                 outcome = converge_linked_role(LinkedRoleSpec.from_dict(record.desired))
             else:
                 outcome = converge_role(
-                    desired_role(record),
-                    added=record.added or set(),
+                    ownership.desired_of(record),
+                    added=ownership.added_of(record),
                     created=record.created,
                     rollback=False,
                     healing=True,

@@ -18,6 +18,7 @@ from typing import Any
 
 from rolekeeper.catalog import MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
 from rolekeeper.reconcile import RoleSpec, trusts
+from rolekeeper.registry import Record
 
 PROFILE = "profile"
 
@@ -49,6 +50,29 @@ def wants_of(claims_wants: Iterable[dict[str, Any] | None], fallback: dict[str, 
     wanting the object's recorded desired state."""
     found = [RoleSpec.from_dict(w) if w else RoleSpec.from_dict(fallback) for w in claims_wants]
     return found or [RoleSpec.from_dict(fallback)]
+
+
+def other_wants(record: Record | None, claim_sk: str) -> list[RoleSpec]:
+    """What every claim on the role other than this one asked for."""
+    if record is None:
+        return []
+    others = [c.wants for c in record.claims if c.sk != claim_sk]
+    return wants_of(others, record.desired) if others else []
+
+
+def desired_of(record: Record) -> RoleSpec:
+    """The role's desired state: the union of what its claims asked for."""
+    return union(wants_of([c.wants for c in record.claims], record.desired))
+
+
+def added_of(record: Record | None) -> set[str]:
+    """The pieces rolekeeper added to the role. A record written before rolekeeper kept them:
+    everything on a role it created counts as its own, nothing on a role it adopted."""
+    if record is None:
+        return set()
+    if record.added is not None:
+        return set(record.added)
+    return pieces_of(RoleSpec.from_dict(record.desired)) if record.created else set()
 
 
 def union(wants: Sequence[RoleSpec]) -> RoleSpec:

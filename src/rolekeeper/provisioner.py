@@ -215,34 +215,17 @@ class Provisioner:
         # the only wildcard that role names can meet.
         return any(fnmatchcase(name, pattern) for pattern in self.settings.allowed_role_names)
 
-    @staticmethod
-    def other_wants(record: Record | None, request: Request) -> list[RoleSpec]:
-        """What every other claim on the role asked for."""
-        if record is None:
-            return []
-        others = [c.wants for c in record.claims if c.sk != request.claim_sk]
-        return ownership.wants_of(others, record.desired) if others else []
-
-    @staticmethod
-    def added_of(record: Record | None) -> set[str]:
-        if record is None:
-            return set()
-        if record.added is not None:
-            return record.added
-        # Recorded before rolekeeper kept its added pieces: everything on a role it created is its own.
-        return ownership.pieces_of(RoleSpec.from_dict(record.desired)) if record.created else set()
-
     def _service_role(self, request: Request, props: ServiceRoleProperties) -> Response:
         spec = self.role_spec(props, request.scope)
         key = role_key(spec.name)
         record = self.registry.get(key)
-        others = self.other_wants(record, request)
+        others = ownership.other_wants(record, request.claim_sk)
         if problem := ownership.conflict(spec, others):
             raise InvalidRequest(problem)
         desired = ownership.union([spec, *others])
         outcome = converge_role(
             desired,
-            added=self.added_of(record),
+            added=ownership.added_of(record),
             created=bool(record and record.created),
             adoption_refusal=lambda role: ownership.adoption_refusal(
                 spec, role, props.confused_deputy_protection
@@ -437,7 +420,7 @@ class Provisioner:
             task_id = iam.delete_service_linked_role(name)
             logger.info("service-linked role deletion submitted", role_name=name, deletion_task_id=task_id)
             return
-        made_profile = ownership.PROFILE in self.added_of(record)
+        made_profile = ownership.PROFILE in ownership.added_of(record)
         iam.delete_role(name, name if made_profile else None)
         logger.info("role deleted", role_name=name)
 
@@ -449,8 +432,8 @@ class Provisioner:
         if record is None or record.kind != "role" or not record.claims:
             logger.info("claim released; role retained", role_name=name)
             return
-        desired = ownership.union(ownership.wants_of([c.wants for c in record.claims], record.desired))
-        outcome = converge_role(desired, added=self.added_of(record), created=record.created, prune=True)
+        desired = ownership.desired_of(record)
+        outcome = converge_role(desired, added=ownership.added_of(record), created=record.created, prune=True)
         self.registry.record(
             key,
             "role",

@@ -261,8 +261,10 @@ def converge_role(
             return outcome
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
-    if created or ownership.is_marked(role) or role.get("Description") == description:
-        return _complete(spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=True)
+    if created or ownership.is_marked(role):
+        return _complete(
+            spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=True, healing=healing
+        )
     if not healing:
         refusal = (adoption_refusal or (lambda r: ownership.adoption_refusal(spec, r, None)))(role)
         if refusal:
@@ -291,6 +293,7 @@ def _complete(
     added: set[str],
     prune: bool,
     ours: bool = True,
+    healing: bool = False,
 ) -> RoleOutcome:
     """Add what spec wants and the role lacks. Trust, boundary and tags change only on a role
     rolekeeper created (ours); on an adopted role the trust policy only ever gains the blueprint's
@@ -327,7 +330,8 @@ def _complete(
     current_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
     current_tags = {t["Key"].lower(): t["Value"] for t in role.get("Tags", [])}
     if ours and not fresh:
-        if spec.boundary and current_boundary != spec.boundary:
+        # A boundary is set by the provisioner only (the healer's role cannot replace one).
+        if spec.boundary and current_boundary != spec.boundary and not healing:
             iam.set_boundary(name, spec.boundary)
             outcome.added.add(ownership.boundary_piece(spec.boundary))
             changes.append("boundary")
