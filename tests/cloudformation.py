@@ -24,6 +24,7 @@ class Resource:
     status: str
     physical_id: str | None = None
     resource_type: str = "Custom::ServiceRole"
+    history: list[str] = field(default_factory=list)  # physical ids it had before (replacements)
 
 
 @dataclass
@@ -42,7 +43,11 @@ class CloudFormation:
         stack_status: str | None = None,
         resource_type: str = "Custom::ServiceRole",
     ) -> None:
-        self.resources[(stack_id, logical_id)] = Resource(status, physical_id, resource_type)
+        known = self.resources.get((stack_id, logical_id))
+        history = list(known.history) if known else []
+        if known and known.physical_id and known.physical_id != physical_id:
+            history.append(known.physical_id)
+        self.resources[(stack_id, logical_id)] = Resource(status, physical_id, resource_type, history)
         self.stacks[stack_id] = stack_status or self.stacks.get(stack_id, "CREATE_COMPLETE")
 
     def resource(self, stack_id: str, logical_id: str) -> Resource | None:
@@ -51,20 +56,24 @@ class CloudFormation:
     # CloudFormation's part in each request type (see src/rolekeeper/verify.py for the sources).
     def before(self, event: dict[str, Any]) -> None:
         stack_id, logical_id = event["StackId"], event["LogicalResourceId"]
-        kind = event["RequestType"]
+        kind, rtype = event["RequestType"], event.get("ResourceType", "Custom::ServiceRole")
         known = self.resource(stack_id, logical_id)
+        physical_id = event.get("PhysicalResourceId")
         if kind == "Create":
             status = "UPDATE_IN_PROGRESS" if stack_id in self.stacks else "CREATE_IN_PROGRESS"
-            self.set(stack_id, logical_id, "CREATE_IN_PROGRESS", None, stack_status=status)
+            self.set(
+                stack_id, logical_id, "CREATE_IN_PROGRESS", None, stack_status=status, resource_type=rtype
+            )
         elif kind == "Update":
             self.set(
                 stack_id,
                 logical_id,
                 "UPDATE_IN_PROGRESS",
-                event["PhysicalResourceId"],
+                physical_id,
                 stack_status="UPDATE_IN_PROGRESS",
+                resource_type=rtype,
             )
-        elif known is not None and known.physical_id not in (None, event["PhysicalResourceId"]):
+        elif known is not None and physical_id in known.history:
             # The Delete of a replaced physical id: the resource keeps its new one.
             self.stacks[stack_id] = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"
         else:
@@ -72,31 +81,24 @@ class CloudFormation:
                 stack_id,
                 logical_id,
                 "DELETE_IN_PROGRESS",
-                event["PhysicalResourceId"],
+                physical_id,
                 stack_status="DELETE_IN_PROGRESS",
+                resource_type=rtype,
             )
 
     def after(self, event: dict[str, Any], response: dict[str, Any]) -> None:
         stack_id, logical_id = event["StackId"], event["LogicalResourceId"]
-        kind = event["RequestType"]
+        kind, rtype = event["RequestType"], event.get("ResourceType", "Custom::ServiceRole")
         known = self.resource(stack_id, logical_id)
         ok = response.get("Status") == "SUCCESS"
         if kind == "Create":
-            self.set(
-                stack_id,
-                logical_id,
-                "CREATE_COMPLETE" if ok else "CREATE_FAILED",
-                response.get("PhysicalResourceId"),
-                stack_status="CREATE_COMPLETE",
-            )
+            status = "CREATE_COMPLETE" if ok else "CREATE_FAILED"
+            self.set(stack_id, logical_id, status, response.get("PhysicalResourceId"), resource_type=rtype)
         elif kind == "Update":
             physical_id = response.get("PhysicalResourceId") if ok else event["PhysicalResourceId"]
+            status = "UPDATE_COMPLETE" if ok else "UPDATE_FAILED"
             self.set(
-                stack_id,
-                logical_id,
-                "UPDATE_COMPLETE" if ok else "UPDATE_FAILED",
-                physical_id,
-                stack_status="UPDATE_COMPLETE",
+                stack_id, logical_id, status, physical_id, stack_status="UPDATE_COMPLETE", resource_type=rtype
             )
         elif known is not None and known.status == "DELETE_IN_PROGRESS":
             if ok:

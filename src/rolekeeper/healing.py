@@ -21,6 +21,7 @@ from rolekeeper.reconcile import (
     converge_linked_role,
     converge_role,
     merged_trust,
+    role_attrs,
     trusts,
 )
 from rolekeeper.registry import Record, Registry, role_key
@@ -87,7 +88,7 @@ def drift(record: Record, actual: Actual) -> list[str]:
     spec = ownership.desired_of(record)
     problems = [f"policy {arn} detached" for arn in spec.policy_arns if arn not in actual.attached]
     current = actual.role.get("AssumeRolePolicyDocument") or {}
-    if record.created or ownership.is_marked(actual.role):
+    if ownership.is_ours(record, actual.role):
         if canonical(merged_trust(current, spec.trust_statement, spec.principals)) != canonical(current):
             problems.append("trust policy changed")
     elif not trusts(current, spec.principals):
@@ -179,7 +180,7 @@ class Healer:
                 outcome = converge_role(
                     ownership.desired_of(record),
                     added=ownership.added_of(record),
-                    created=record.created,
+                    created_role_id=ownership.created_role_id(record),
                     rollback=False,
                     healing=True,
                 )
@@ -193,7 +194,7 @@ class Healer:
                 record.kind,
                 record.desired,
                 created_now=outcome.created or outcome.ours,
-                attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
+                attrs=role_attrs(outcome),
                 added=outcome.added,
             )
         finally:

@@ -65,6 +65,20 @@ def desired_of(record: Record) -> RoleSpec:
     return union(wants_of([c.wants for c in record.claims], record.desired))
 
 
+def created_role_id(record: Record | None) -> str | None:
+    """The RoleId of the role rolekeeper created under this record's name, if it did (records
+    written before created_role_id was kept: their role_id)."""
+    if record is None or not record.created:
+        return None
+    return record.attrs.get("created_role_id") or record.attrs.get("role_id")
+
+
+def is_ours(record: Record | None, role: dict[str, Any]) -> bool:
+    """Whether this role (as IAM returns it) is the one rolekeeper created."""
+    known = created_role_id(record)
+    return is_marked(role) or (known is not None and role.get("RoleId") == known)
+
+
 def added_of(record: Record | None) -> set[str]:
     """The pieces rolekeeper added to the role. A record written before rolekeeper kept them:
     everything on a role it created counts as its own, nothing on a role it adopted."""

@@ -36,6 +36,8 @@ from rolekeeper.reconcile import (
     converge_grant,
     converge_linked_role,
     converge_role,
+    prune_role,
+    role_attrs,
     undo_created_role,
 )
 from rolekeeper.registry import Claim, Record, Registry, grant_key, role_key
@@ -226,7 +228,7 @@ class Provisioner:
         outcome = converge_role(
             desired,
             added=ownership.added_of(record),
-            created=bool(record and record.created),
+            created_role_id=ownership.created_role_id(record),
             adoption_refusal=lambda role: ownership.adoption_refusal(
                 spec, role, props.confused_deputy_protection
             ),
@@ -254,7 +256,7 @@ class Provisioner:
                 kind,
                 desired,
                 created_now=outcome.created or outcome.ours,
-                attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
+                attrs=role_attrs(outcome),
                 added=outcome.added,
             )
             self.registry.claim(key, claim)
@@ -370,13 +372,25 @@ class Provisioner:
 
     def delete(self, request: Request) -> Response:
         physical_id = request.physical_id or ""
-        if (match := ROLE_ARN.fullmatch(physical_id)) and match.group(2) == request.scope.account:
-            self._delete_role(request, match.group(4))
+        if (match := ROLE_ARN.fullmatch(physical_id)) and (match.group(1), match.group(2)) == (
+            request.scope.partition,
+            request.scope.account,
+        ):
+            self._delete_role(request, match.group(4), physical_id)
         elif GRANT_PHYSICAL_ID.fullmatch(physical_id):
             self._delete_grant(request, physical_id)
         else:
             logger.info("physical id not produced by rolekeeper; nothing to delete", physical_id=physical_id)
         return Response(physical_id)
+
+    @staticmethod
+    def object_of(physical_id: str | None) -> str | None:
+        """The registry key of the object a physical id names (None: not one of rolekeeper's)."""
+        if physical_id and (match := ROLE_ARN.fullmatch(physical_id)):
+            return role_key(match.group(4))
+        if physical_id and GRANT_PHYSICAL_ID.fullmatch(physical_id):
+            return grant_key(physical_id)
+        return physical_id
 
     def acts_on(self, request: Request) -> bool:
         """Whether the request may change anything (a Delete of an id rolekeeper never produced
@@ -386,10 +400,15 @@ class Provisioner:
         physical_id = request.physical_id or ""
         return bool(ROLE_ARN.fullmatch(physical_id) or GRANT_PHYSICAL_ID.fullmatch(physical_id))
 
-    def _delete_role(self, request: Request, name: str) -> None:
+    def _delete_role(self, request: Request, name: str, physical_id: str) -> None:
         key = role_key(name)
-        # Delete acts on the claim as stored (OnDelete as last confirmed), never on the request's properties.
+        # Delete acts on the claim as stored (OnDelete as last confirmed), never on the request's
+        # properties, and only for the physical id rolekeeper answered (the role's exact ARN).
         claim = self.registry.get_claim(key, request.stack_id, request.logical_id)
+        known = self.registry.get(key) if claim is not None else None
+        if known is not None and known.attrs.get("arn") not in (None, physical_id):
+            logger.info("physical id is not the role's ARN; nothing to delete", physical_id=physical_id)
+            return
         if claim is None or not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to delete", role_name=name)
             return
@@ -420,6 +439,10 @@ class Provisioner:
             task_id = iam.delete_service_linked_role(name)
             logger.info("service-linked role deletion submitted", role_name=name, deletion_task_id=task_id)
             return
+        role = iam.get_role(name)
+        if role is not None and not ownership.is_ours(record, role):
+            logger.warning("role was replaced by one rolekeeper did not create; left alone", role_name=name)
+            return
         made_profile = ownership.PROFILE in ownership.added_of(record)
         iam.delete_role(name, name if made_profile else None)
         logger.info("role deleted", role_name=name)
@@ -433,17 +456,15 @@ class Provisioner:
             logger.info("claim released; role retained", role_name=name)
             return
         desired = ownership.desired_of(record)
-        outcome = converge_role(desired, added=ownership.added_of(record), created=record.created, prune=True)
-        self.registry.record(
-            key,
-            "role",
-            desired.to_dict(),
-            created_now=outcome.created or outcome.ours,
-            attrs={"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id},
-            added=outcome.added,
+        outcome = prune_role(
+            desired, added=ownership.added_of(record), created_role_id=ownership.created_role_id(record)
         )
-        self.registry.taken_away(key, outcome.removed)
-        logger.info("claim released; other claims remain", role_name=name, changes=outcome.changes)
+        self.registry.record(key, "role", desired.to_dict(), created_now=False, attrs=record.attrs)
+        if outcome is not None:
+            self.registry.taken_away(key, outcome.removed)
+        logger.info(
+            "claim released; other claims remain", role_name=name, changes=outcome.changes if outcome else []
+        )
 
     def _delete_grant(self, request: Request, physical_id: str) -> None:
         key = grant_key(physical_id)

@@ -12,7 +12,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from rolekeeper import iam, kms
-from rolekeeper.catalog import LINKED_SERVICES, MARKER_TAG_KEY, MARKER_TAG_VALUE
+from rolekeeper.catalog import LINKED_SERVICES, MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
 from rolekeeper.errors import Conflict
 
 logger = Logger(child=True)
@@ -101,6 +101,16 @@ class RoleOutcome:
     ours: bool = False
     added: set[str] = field(default_factory=set)  # pieces rolekeeper added (see ownership.py)
     removed: set[str] = field(default_factory=set)  # added pieces it took away
+
+
+def role_attrs(outcome: RoleOutcome) -> dict[str, str]:
+    """What the registry keeps of a role: its name, ARN and current RoleId, and the RoleId of the
+    role rolekeeper created (only when this one is it: a role of that name made since by someone
+    else never passes for rolekeeper's)."""
+    attrs = {"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id}
+    if outcome.created or outcome.ours:
+        attrs["created_role_id"] = outcome.role_id
+    return attrs
 
 
 @dataclass
@@ -210,7 +220,7 @@ def converge_role(
     spec: RoleSpec,
     *,
     added: Iterable[str] = (),
-    created: bool = False,
+    created_role_id: str | None = None,
     adoption_refusal: Callable[[dict[str, Any]], str | None] | None = None,
     prune: bool = False,
     rollback: bool = True,
@@ -218,7 +228,8 @@ def converge_role(
 ) -> RoleOutcome:
     """Bring a regular role to spec (the union of its claims' wants).
 
-    A role rolekeeper created (created, or carrying its marker tag) is converged fully; with
+    A role rolekeeper created (carrying its marker tag, or the RoleId it recorded when it created
+    it: a role of that name made since by someone else is not rolekeeper's) is converged fully; with
     prune, pieces rolekeeper added that spec no longer wants are taken away. A role it did not
     create is adopted only as ownership allows (adoption_refusal explains why not): it gains the
     blueprint's policy and instance profile and nothing else changes. On failure after creating
@@ -261,10 +272,12 @@ def converge_role(
             return outcome
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
-    if created or ownership.is_marked(role):
+    if ownership.is_marked(role) or (created_role_id is not None and role.get("RoleId") == created_role_id):
         return _complete(
             spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=True, healing=healing
         )
+    if healing and fixed_blueprint(spec.name) is None:
+        raise Conflict(f"role {spec.name} was replaced by a role rolekeeper did not create; left untouched")
     if not healing:
         refusal = (adoption_refusal or (lambda r: ownership.adoption_refusal(spec, r, None)))(role)
         if refusal:
@@ -352,6 +365,30 @@ def _complete(
     if prune:
         tag_keys = {t["Key"].lower(): t["Key"] for t in role.get("Tags", [])}
         _take_away(spec, ownership.removable(added, spec), outcome, attached, current_boundary, tag_keys)
+    return outcome
+
+
+def prune_role(spec: RoleSpec, *, added: Iterable[str], created_role_id: str | None) -> RoleOutcome | None:
+    """Take away what rolekeeper added and spec no longer wants; never adds, never refuses (a
+    released claim must not fail on what others did to the role). None: the role is gone."""
+    from rolekeeper import ownership
+
+    role = iam.get_role(spec.name)
+    if role is None:
+        return None
+    ours = ownership.is_marked(role) or (
+        created_role_id is not None and role.get("RoleId") == created_role_id
+    )
+    outcome = RoleOutcome(
+        name=spec.name, arn=role["Arn"], role_id=role["RoleId"], created=False, changes=[], ours=ours
+    )
+    pieces = ownership.removable(added, spec)
+    if not ours:  # on an adopted role rolekeeper only ever added policies and the profile
+        pieces = {p for p in pieces if p == ownership.PROFILE or p.startswith("policy:")}
+    attached = iam.attached_policies(spec.name) if any(p.startswith("policy:") for p in pieces) else set()
+    boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+    tag_keys = {t["Key"].lower(): t["Key"] for t in role.get("Tags", [])}
+    _take_away(spec, pieces, outcome, attached, boundary, tag_keys)
     return outcome
 
 

@@ -135,6 +135,7 @@ def _record(item: dict[str, Any]) -> Record:
         "healed_at",
         "updated_at",
         "added",
+        "pieces_tracked",
     }
     added = item.get("added")
     return Record(
@@ -143,7 +144,9 @@ def _record(item: dict[str, Any]) -> Record:
         desired=json.loads(item.get("desired", {}).get("S", "{}")),
         created=item.get("created", {}).get("BOOL", False),
         attrs={k: v["S"] for k, v in item.items() if k not in reserved and "S" in v},
-        added=set(added.get("SS", [])) if added is not None else None,
+        added=set(added.get("SS", []))
+        if added is not None
+        else (set() if "pieces_tracked" in item else None),
     )
 
 
@@ -171,7 +174,11 @@ class Registry:
             ":created": {"BOOL": created_now},
             ":updated": _s(str(int(time.time()))),
         }
-        sets = ["#kind = :kind", "#desired = :desired", "#updated = :updated"]
+        # pieces_tracked: the added set is kept for this object (DynamoDB drops an emptied set,
+        # which must not read as a record written before rolekeeper kept one).
+        names["#tracked"] = "pieces_tracked"
+        values[":tracked"] = {"BOOL": True}
+        sets = ["#kind = :kind", "#desired = :desired", "#updated = :updated", "#tracked = :tracked"]
         sets.append("#created = :created" if created_now else "#created = if_not_exists(#created, :created)")
         for i, (name, value) in enumerate(sorted(attrs.items())):
             names[f"#a{i}"] = name

@@ -8,9 +8,11 @@ CloudFormation's documented behaviour this relies on (AWS CloudFormation User Gu
 resource request types" Create/Update/Delete, and "Stack status codes"):
 - Create is sent while the resource is CREATE_IN_PROGRESS (stack CREATE_IN_PROGRESS, or
   UPDATE_IN_PROGRESS when an update adds the resource).
-- Update is sent while the resource is UPDATE_IN_PROGRESS: during an update (stack
-  UPDATE_IN_PROGRESS), and when an update rolls back (stack UPDATE_ROLLBACK_IN_PROGRESS, where the
-  previous properties are sent again).
+- Update is sent while the resource is UPDATE_IN_PROGRESS with that physical id: during an update
+  (stack UPDATE_IN_PROGRESS), and when an update rolls back (stack UPDATE_ROLLBACK_IN_PROGRESS,
+  where the previous properties are sent again to the physical id the resource has).
+- The resource's type is the request's ResourceType (a Custom:: name, or
+  AWS::CloudFormation::CustomResource).
 - Delete is sent while the resource is DELETE_IN_PROGRESS with that physical id: stack deletion
   (DELETE_IN_PROGRESS), rollback of a failed create (ROLLBACK_IN_PROGRESS), a resource removed
   from the template (UPDATE_COMPLETE_CLEANUP_IN_PROGRESS) or one added by an update that rolled
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -71,28 +74,38 @@ def identity_for(invoked_function_arn: str, stack_id: str) -> Scope:
     return own
 
 
-def confirm(request_type: str, stack_id: str, logical_id: str, physical_id: str | None) -> None:
-    """Raise Unconfirmed unless CloudFormation is sending this request now."""
+def confirm(
+    request_type: str,
+    resource_type: str,
+    stack_id: str,
+    logical_id: str,
+    physical_id: str | None,
+    object_of: Callable[[str | None], str | None],
+) -> None:
+    """Raise Unconfirmed unless CloudFormation is sending this request now. object_of names the
+    object a physical id stands for (so an id spelled differently cannot pass for another one)."""
     resource = _describe_resource(stack_id, logical_id)
     status = resource.get("ResourceStatus", "")
     current = resource.get("PhysicalResourceId")
+    if resource.get("ResourceType") != resource_type:
+        raise Unconfirmed(
+            f"CloudFormation shows {logical_id} as a {resource.get('ResourceType')}; request not confirmed"
+        )
     wanted = RESOURCE_STATUS_FOR[request_type]
     if request_type == "Create" and status == wanted:
         return
-    if request_type == "Update" and status == wanted:
-        if current == physical_id or _stack_status(stack_id) == "UPDATE_ROLLBACK_IN_PROGRESS":
-            return
-        raise Unconfirmed(
-            f"CloudFormation shows {logical_id} with another physical id; request not confirmed"
-        )
-    if request_type == "Delete":
-        if status == wanted and current == physical_id:
-            return
-        if current != physical_id and _stack_status(stack_id) in REPLACEMENT_CLEANUP:
-            return  # the cleanup of a replaced physical id
+    if request_type in ("Update", "Delete") and status == wanted and current == physical_id:
+        return
+    if (
+        request_type == "Delete"
+        and current is not None
+        and object_of(physical_id) != object_of(current)
+        and _stack_status(stack_id) in REPLACEMENT_CLEANUP
+    ):
+        return  # the cleanup of a replaced physical id (another object than the current one)
     raise Unconfirmed(
-        f"CloudFormation shows {logical_id} as {status or 'unknown'}, not a {request_type} in progress; "
-        "request not confirmed, nothing changed"
+        f"CloudFormation shows {logical_id} as {status or 'unknown'}, not a {request_type} in progress "
+        "for that physical id; request not confirmed, nothing changed"
     )
 
 

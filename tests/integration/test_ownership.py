@@ -295,7 +295,7 @@ def test_an_update_rollback_is_confirmed(held, stack, cfn):
         stack.stack_id,
         "EcsInstanceRole",
         "UPDATE_IN_PROGRESS",
-        "arn:aws:iam::123456789012:role/some-replacement",
+        held["PhysicalResourceId"],
         stack_status="UPDATE_ROLLBACK_IN_PROGRESS",
     )
     rollback = stack.send(
@@ -525,3 +525,112 @@ def test_registry_records_each_claims_wants(aws, stack):
     stack.send("role-ec2-application-create.json", props={"RoleName": "app-web"})
     (claim,) = Registry(registry().table).get(role_key("app-web")).claims
     assert claim.wants is not None and claim.wants["policy_arns"] == [SSM_CORE]
+
+
+# --- review findings: each reproduced against the first version of these rules ------------------
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        f"arn:aws:iam::{ACCOUNT}:role/x/ecsInstanceRole",
+        f"arn:aws-cn:iam::{ACCOUNT}:role/ecsInstanceRole",
+        f"arn:aws:iam::{ACCOUNT}:role/ECSINSTANCEROLE",
+    ],
+)
+def test_a_forged_delete_during_cleanup_cannot_name_the_current_role_spelled_differently(
+    aws, stack, cfn, spelling
+):
+    held = stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
+    assert held["Status"] == "SUCCESS", held["Reason"]
+    cfn.stacks[stack.stack_id] = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"  # some other resource replaced
+    forged = stack.send("role-ecs-instance-delete.json", PhysicalResourceId=spelling, confirmed=False)
+    assert forged["Status"] in ("FAILED", "SUCCESS")
+    assert get_role("ecsInstanceRole") is not None
+    assert len(claims("ecsInstanceRole")) == 1, "the stack's claim must survive"
+
+
+def test_a_create_is_confirmed_only_for_a_resource_of_the_requests_type(aws, stack, cfn):
+    # Someone's slow resource (an RDS instance, say) is CREATE_IN_PROGRESS under that logical id.
+    cfn.set(stack.stack_id, "EcsInstanceRole", "CREATE_IN_PROGRESS", resource_type="AWS::RDS::DBInstance")
+    forged = stack.send("role-ecs-instance-create.json", confirmed=False)
+    assert forged["Status"] == "FAILED"
+    assert role_names() == set()
+
+
+def test_an_emptied_added_set_is_not_read_as_everything_being_rolekeepers(aws, stack, other_stack):
+    bare = {"RoleName": "app-web", "ManagedPolicyArns": [], "InstanceProfile": "false"}
+    first = stack.send("role-ec2-application-create.json", props=bare)
+    assert first["Status"] == "SUCCESS", first["Reason"]
+    iam().attach_role_policy(RoleName="app-web", PolicyArn=CLOUDWATCH_AGENT)  # by hand
+    joined = other_stack.send(
+        "role-ec2-application-create.json", props={**bare, "ManagedPolicyArns": [CLOUDWATCH_AGENT]}
+    )
+    assert joined["Status"] == "SUCCESS", joined["Reason"]
+    gone = other_stack.send(
+        "role-ec2-application-delete.json", props=bare, PhysicalResourceId=joined["PhysicalResourceId"]
+    )
+    assert gone["Status"] == "SUCCESS", gone["Reason"]
+    assert attached("app-web") == {CLOUDWATCH_AGENT}, "rolekeeper did not attach it, so it stays"
+
+
+def test_a_role_recreated_by_someone_else_is_not_rolekeepers_to_rewrite_or_delete(
+    aws, stack, owned_ecs_later
+):
+    created, owner = owned_ecs_later
+    before = snapshot("ecsInstanceRole")
+    update = stack.send(
+        "role-ecs-instance-create.json",
+        props={"OnDelete": "Delete"},
+        old_props={"OnDelete": "Delete"},
+        RequestType="Update",
+        PhysicalResourceId=created["PhysicalResourceId"],
+    )
+    assert update["Status"] == "SUCCESS", update["Reason"]
+    assert snapshot("ecsInstanceRole")["trust"] == before["trust"]
+    assert boundary("ecsInstanceRole") == APP_BOUNDARY
+    deleted = stack.send(
+        "role-ecs-instance-delete.json",
+        props={"OnDelete": "Delete"},
+        PhysicalResourceId=created["PhysicalResourceId"],
+    )
+    assert deleted["Status"] == "SUCCESS", deleted["Reason"]
+    assert get_role("ecsInstanceRole") is not None, "the new owner's role must not be deleted"
+    assert get_role("ecsInstanceRole")["RoleId"] == owner
+
+
+@pytest.fixture
+def owned_ecs_later(aws, stack, monkeypatch) -> tuple[dict[str, Any], str]:
+    """ecsInstanceRole created by rolekeeper (Heal false), then deleted and made again by hand
+    with a trust condition and a boundary of its new owner."""
+    created = stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete", "Heal": "false"})
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    client = iam()
+    client.remove_role_from_instance_profile(
+        InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole"
+    )
+    client.detach_role_policy(RoleName="ecsInstanceRole", PolicyArn=ECS_INSTANCE_POLICY)
+    client.delete_role(RoleName="ecsInstanceRole")
+    client.create_policy(
+        PolicyName="app-boundary",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecs:*", "Resource": "*"}]}
+        ),
+    )
+    role = hand_made("ecsInstanceRole", trust=OWNER_TRUST, PermissionsBoundary=APP_BOUNDARY)
+    return created, role["RoleId"]
+
+
+def test_releasing_a_claim_never_fails_on_what_the_owner_did_to_an_adopted_role(aws, stack, other_stack):
+    hand_made("ecsInstanceRole")
+    first = stack.send("role-ecs-instance-create.json")
+    second = other_stack.send("role-ecs-instance-create.json")
+    assert (first["Status"], second["Status"]) == ("SUCCESS", "SUCCESS")
+    # The owner now trusts only ECS tasks (their role, their call).
+    iam().update_assume_role_policy(
+        RoleName="ecsInstanceRole", PolicyDocument=trust_document(service_trust("ecs-tasks.amazonaws.com"))
+    )
+    gone = other_stack.send("role-ecs-instance-delete.json", PhysicalResourceId=second["PhysicalResourceId"])
+    assert gone["Status"] == "SUCCESS", gone["Reason"]
+    assert statements("ecsInstanceRole") == [service_trust("ecs-tasks.amazonaws.com")]
+    assert len(claims("ecsInstanceRole")) == 1

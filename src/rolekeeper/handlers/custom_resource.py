@@ -45,7 +45,14 @@ def _run(action: str, event: dict[str, Any], context: Any) -> str:
         if action != "delete":
             provisioner().validate(request)  # bad input fails before any AWS call
         if settings().verify_requests and provisioner().acts_on(request):
-            verify.confirm(request.request_type, request.stack_id, request.logical_id, request.physical_id)
+            verify.confirm(
+                request.request_type,
+                request.resource_type,
+                request.stack_id,
+                request.logical_id,
+                request.physical_id,
+                provisioner().object_of,
+            )
         response = provisioner().delete(request) if action == "delete" else provisioner().converge(request)
     except RolekeeperError as error:
         logger.warning("request refused", reason=str(error))
