@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,7 @@ class Stack:
 
         event = load_event(event_file)
         event["StackId"] = self.stack_id
+        event["RequestId"] = str(uuid.uuid4())  # CloudFormation's RequestIds are unique per request
         if logical_id:
             event["LogicalResourceId"] = logical_id
         event["ResourceProperties"].update(props or {})

@@ -158,6 +158,11 @@ class CustomResource(CfnResource):
     def responded(self) -> bool:
         return self._responded
 
+    def answered_before(self) -> None:
+        """This request was answered by an earlier delivery: send nothing for it now."""
+        with self._lock:
+            self._responded = True
+
     def __call__(self, event: Any, context: Any) -> None:
         self.last_response = None
         self._responded = False
@@ -169,6 +174,12 @@ class CustomResource(CfnResource):
         # crhelper's polling keys (CrHelperPoll, CrHelperData, ...) are for its polling mode, which
         # rolekeeper does not use: a request carrying them must not skip rolekeeper or set its Data.
         super().__call__({k: v for k, v in event.items() if not k.startswith("CrHelper")}, context)
+        # The deadline answer is sent from the timer's thread; Lambda freezes the environment once
+        # the handler returns, so wait (bounded by the deadline) for that send to finish.
+        timer = self._timer
+        if timer is not None and timer.is_alive():
+            remaining = (self._deadline - time.monotonic()) if self._deadline else 1.0
+            timer.join(timeout=max(remaining, 0.0))
 
     @staticmethod
     def _malformed(event: Any) -> str | None:

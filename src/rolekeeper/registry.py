@@ -16,6 +16,9 @@ from rolekeeper import aws
 
 OBJECT = "OBJECT"
 CLAIM = "CLAIM#"
+REQUEST = "REQUEST"
+# A request marker outlives any redelivery: Lambda keeps retrying an async event for at most 6 hours.
+REQUEST_TTL_SECONDS = 7 * 24 * 3600
 BY_GRANTEE = "ByGrantee"
 BY_GRANT_ID = "ByGrantId"
 
@@ -198,6 +201,32 @@ class Registry:
             ReturnValues="ALL_NEW",
         )
         return bool(result["Attributes"]["created"]["BOOL"])
+
+    # Requests: Lambda may deliver an asynchronous event more than once (and retries it after a
+    # function error); CloudFormation's RequestId tells a redelivery from a new request.
+    def begin_request(self, request_id: str, *, now: float) -> bool:
+        """Note the request; False when it was answered before (a redelivery)."""
+        result = aws.dynamodb().update_item(
+            TableName=self.table,
+            Key={"pk": _s(f"REQUEST#{request_id}"), "sk": _s(REQUEST)},
+            UpdateExpression="SET started_at = if_not_exists(started_at, :now), expires_at = :ttl ADD attempts :one",
+            ExpressionAttributeValues={
+                ":now": {"N": str(int(now))},
+                ":ttl": {"N": str(int(now) + REQUEST_TTL_SECONDS)},
+                ":one": {"N": "1"},
+            },
+            ReturnValues="ALL_OLD",
+        )
+        return "answered_at" not in result.get("Attributes", {})
+
+    def answered(self, request_id: str, status: str, *, now: float) -> None:
+        aws.dynamodb().update_item(
+            TableName=self.table,
+            Key={"pk": _s(f"REQUEST#{request_id}"), "sk": _s(REQUEST)},
+            UpdateExpression="SET answered_at = :now, #status = :status",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":now": {"N": str(int(now))}, ":status": _s(status)},
+        )
 
     def taken_away(self, key: str, pieces: set[str]) -> None:
         """Pieces rolekeeper removed again: no longer in the object's added set."""

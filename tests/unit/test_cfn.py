@@ -579,3 +579,26 @@ def test_crhelpers_polling_keys_are_ignored(real_env, key):
     (_url, body, _kwargs) = sender.calls[0]
     assert helper.calls == ["Create"]  # type: ignore[attr-defined]
     assert body["Data"] == {"Answer": "42"}
+
+
+def test_the_handler_does_not_return_while_the_deadline_answer_is_still_being_sent(real_env):
+    delivered: list[float] = []
+
+    def slow_sender(_url: str, body: dict[str, Any], **_kwargs: Any) -> bool:
+        time.sleep(0.5)  # the PUT of the deadline FAILED takes a while
+        delivered.append(time.monotonic())
+        return True
+
+    helper = CustomResource(
+        timeout_margin=1.9, sender=slow_sender
+    )  # fires 0.1 s in, 1.9 s before the deadline
+
+    def work(_event: dict[str, Any], _context: Any) -> str:
+        time.sleep(0.3)  # the timer (0.1 s) fires first and starts sending
+        return "pid-1"
+
+    helper.create(work)
+    helper(event(), Context(remaining_ms=2_000))
+    returned = time.monotonic()
+    assert delivered, "the handler returned before its one response was delivered"
+    assert delivered[0] <= returned

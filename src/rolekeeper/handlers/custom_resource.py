@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 helper = CustomResource()
+noted: list[str] = []  # the RequestId this invocation noted in the registry (see _first_delivery)
 
 
 @cache
@@ -44,6 +47,12 @@ def _run(action: str, event: dict[str, Any], context: Any) -> str:
         request = _request(event, context)
         if action != "delete":
             provisioner().validate(request)  # bad input fails before any AWS call
+        noted.append(event["RequestId"])
+        if not _first_delivery(event["RequestId"]):
+            logger.warning("request answered before (a redelivery); no second response")
+            metrics.add_metric(name="RequestRedelivered", unit="Count", value=1)
+            helper.answered_before()
+            return request.physical_id or ""
         if settings().verify_requests and provisioner().acts_on(request):
             verify.confirm(
                 request.request_type,
@@ -106,5 +115,29 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             logical_resource_id=event.get("LogicalResourceId"),
             stack_id=event.get("StackId"),
         )
+    noted.clear()
     helper(event, context)
+    if noted and helper.last_response is not None:
+        _note_answered(noted[0], str(helper.last_response.get("Status")))
     return helper.last_response
+
+
+def _first_delivery(request_id: str) -> bool:
+    """False for a request already answered. A registry that cannot be read must not cost the
+    request its one response: it is then answered (at worst a second time)."""
+    if os.environ.get("AWS_SAM_LOCAL"):
+        return True
+    try:
+        return provisioner().registry.begin_request(request_id, now=time.time())
+    except Exception:
+        logger.exception("could not check the request against the registry; answering it")
+        return True
+
+
+def _note_answered(request_id: str, status: str) -> None:
+    if os.environ.get("AWS_SAM_LOCAL"):
+        return
+    try:
+        provisioner().registry.answered(request_id, status, now=time.time())
+    except Exception:
+        logger.exception("could not note the request as answered")
