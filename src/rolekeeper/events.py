@@ -29,13 +29,15 @@ class CloudTrailDetail(BaseModel):
     recipient_account_id: str | None = Field(default=None, alias="recipientAccountId")
     error_code: str | None = Field(default=None, alias="errorCode")
     request_parameters: dict[str, Any] | None = Field(default=None, alias="requestParameters")
-    response_elements: dict[str, Any] | None = Field(default=None, alias="responseElements")
-    additional_event_data: dict[str, Any] | None = Field(default=None, alias="additionalEventData")
+    # CloudTrail records some calls' responseElements (and additionalEventData) as a string or
+    # null rather than an object: such a record still names its role in requestParameters.
+    response_elements: Any = Field(default=None, alias="responseElements")
+    additional_event_data: Any = Field(default=None, alias="additionalEventData")
     resources: list[dict[str, Any]] | None = None
 
     def parameter(self, name: str) -> str | None:
         for source in (self.request_parameters, self.response_elements, self.additional_event_data):
-            value = (source or {}).get(name)
+            value = source.get(name) if isinstance(source, dict) else None
             if isinstance(value, str) and value:
                 return value
         return None

@@ -40,7 +40,7 @@ from rolekeeper.reconcile import (
     role_attrs,
     undo_created_role,
 )
-from rolekeeper.registry import Claim, Record, Registry, grant_key, role_key
+from rolekeeper.registry import Claim, ObjectGone, Record, Registry, grant_key, role_key
 
 logger = Logger(child=True)
 
@@ -431,7 +431,7 @@ class Provisioner:
                     attrs=record.attrs,
                     added=record.added or set(),
                 )
-            self.registry.claim(key, claim)
+            self._restore(key, claim)
             raise
 
     def _delete_object(self, name: str, record: Record) -> None:
@@ -477,9 +477,23 @@ class Provisioner:
             key_arn, original = physical_id.rsplit("#", 1)
             current = record.attrs.get("grant_id", original) if record else original
             for grant_id in dict.fromkeys((current, original)):
+                # KMS's Name idempotency can hand the same grant to a new physical id (an Update
+                # that changed only Heal, after a heal re-issued it): a grant another record
+                # still references is live, and stays.
+                if any(other.key != key for other in self.registry.grants_by_id(grant_id)):
+                    logger.info("grant still held under another physical id; kept", grant_id=grant_id)
+                    continue
                 revoked = kms.revoke_grant(key_arn, grant_id)
                 logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
             self.registry.forget(key)
         except Exception:
-            self.registry.claim(key, claim)
+            self._restore(key, claim)
             raise
+
+    def _restore(self, key: str, claim: Claim) -> None:
+        """Put a released claim back so CloudFormation's retry of the Delete finishes it; when the
+        object itself was forgotten meanwhile there is nothing left to hold."""
+        try:
+            self.registry.claim(key, claim)
+        except ObjectGone:
+            logger.info("object already forgotten; claim not restored", key=key)

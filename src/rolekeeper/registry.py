@@ -48,6 +48,10 @@ TABLE_SCHEMA: dict[str, Any] = {
 }
 
 
+class ObjectGone(Exception):
+    """The object a claim would hold is not (or no longer) registered."""
+
+
 def role_key(role_name: str) -> str:
     # IAM role names are unique case-insensitively within an account.
     return f"ROLE#{role_name.lower()}"
@@ -279,13 +283,19 @@ class Registry:
                             "TableName": self.table,
                             "Key": {"pk": _s(key), "sk": _s(OBJECT)},
                             "UpdateExpression": "ADD claim_count :one",
+                            # Never make an object item as a side effect: a claim restored after
+                            # its object was forgotten must not leave a skeleton behind.
+                            "ConditionExpression": "attribute_exists(kind)",
                             "ExpressionAttributeValues": {":one": {"N": "1"}},
                         }
                     },
                 ]
             )
         except ClientError as error:
-            if _cancelled_by(error) != [True, False]:
+            failed = _cancelled_by(error)
+            if failed is not None and failed[1:] == [True]:
+                raise ObjectGone(f"{key} is no longer registered") from None
+            if failed != [True, False]:
                 raise
             db.put_item(TableName=self.table, Item=item)  # claimed already: refresh Heal/OnDelete only
 
@@ -369,8 +379,12 @@ class Registry:
         return self._by_index(BY_GRANTEE, "grantee_role", role_name.lower())
 
     def grant_by_id(self, grant_id: str) -> Record | None:
-        found = self._by_index(BY_GRANT_ID, "grant_id", grant_id)
+        found = self.grants_by_id(grant_id)
         return found[0] if found else None
+
+    def grants_by_id(self, grant_id: str) -> list[Record]:
+        """Every record that names this grant as its current one."""
+        return self._by_index(BY_GRANT_ID, "grant_id", grant_id)
 
     def _by_index(self, index: str, attribute: str, value: str) -> list[Record]:
         keys = [

@@ -353,3 +353,13 @@ def test_scheduled_reconcile_reissues_missing_grant(spot_fleet_with_grant, heal)
     assert result["healed"] == 1
     assert len(boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]) == 1
     assert registry().get(role_key(SPOT_FLEET)) is not None
+
+
+@pytest.mark.parametrize("elements", ["", "ok", ["a"], 7])
+def test_healer_reads_a_record_whose_response_elements_is_not_an_object(stack, heal, elements):
+    stack.send("role-ecs-instance-create.json")
+    iam().detach_role_policy(RoleName=ECS, PolicyArn=ECS_POLICY)
+    result = heal(event("heal-detach-role-policy.json", responseElements=elements))
+    assert result["outcome"] == "healed", result
+    attached = [p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=ECS)["AttachedPolicies"]]
+    assert attached == [ECS_POLICY]

@@ -174,3 +174,64 @@ def test_constraints_and_retiring_principal_are_passed(key_arn, spot_fleet_role,
     (grant,) = grants(key_arn)
     assert grant["Constraints"] == {"EncryptionContextSubset": {"purpose": "ami"}}
     assert grant["RetiringPrincipal"] == "arn:aws:iam::123456789012:role/platform-admin"
+
+
+def test_an_update_that_only_changes_heal_after_a_re_issue_keeps_the_live_grant(
+    key_arn, spot_fleet_role, stack
+):
+    from rolekeeper.handlers import healer
+
+    first = stack.send("grant-create.json", props={"KeyId": key_arn})
+    g1 = first["Data"]["GrantId"]
+    boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=g1)  # by hand
+    healer.healer.cache_clear()
+    healed = healer.healer().heal_grant(g1)
+    assert healed.outcome == "healed", healed
+    (g2,) = (g["GrantId"] for g in grants(key_arn))
+    # Only Heal changes: KMS's Name idempotency returns the re-issued grant under a new physical id.
+    updated = stack.send(
+        "grant-create.json",
+        props={"KeyId": key_arn, "Heal": "false"},
+        RequestType="Update",
+        PhysicalResourceId=first["PhysicalResourceId"],
+    )
+    assert updated["Status"] == "SUCCESS", updated["Reason"]
+    assert updated["PhysicalResourceId"] == f"{key_arn}#{g2}"
+    cleanup = stack.send(
+        "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=first["PhysicalResourceId"]
+    )
+    assert cleanup["Status"] == "SUCCESS", cleanup["Reason"]
+    assert [g["GrantId"] for g in grants(key_arn)] == [g2], "the live grant was revoked"
+
+
+def test_a_grant_delete_whose_forget_applied_but_answer_was_lost_leaves_no_skeleton(
+    key_arn, spot_fleet_role, stack, monkeypatch, context
+):
+    from botocore.exceptions import ClientError
+
+    from rolekeeper.handlers.healer import lambda_handler
+    from rolekeeper.registry import Registry
+    from tests.conftest import load_event
+
+    created = stack.send("grant-create.json", props={"KeyId": key_arn})
+    original = Registry.forget
+
+    def applied_then_lost(self, key):
+        original(self, key)
+        raise ClientError({"Error": {"Code": "RequestTimeout", "Message": "answer lost"}}, "DeleteItem")
+
+    monkeypatch.setattr(Registry, "forget", applied_then_lost)
+    failed = stack.send(
+        "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"]
+    )
+    assert failed["Status"] == "FAILED"
+    monkeypatch.setattr(Registry, "forget", original)
+    items = boto3.client("dynamodb").scan(TableName=Registry("rolekeeper-test-registry").table)["Items"]
+    left = [i for i in items if not i["pk"]["S"].startswith("REQUEST#")]
+    assert left == [], f"left behind: {left}"
+    result = lambda_handler(load_event("heal-scheduled.json"), context)
+    assert "failed" not in str(result)
+    retried = stack.send(
+        "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"]
+    )
+    assert retried["Status"] == "SUCCESS", retried["Reason"]
