@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -509,7 +510,9 @@ class Corpus:
             ),
             "grants": sorted(g["GrantId"] for g in kms.list_grants(KeyId=self.key_arn)["Grants"]),
             "registry": sorted(
-                (i["pk"]["S"], i["sk"]["S"]) for i in dynamodb.scan(TableName=REGISTRY)["Items"]
+                (i["pk"]["S"], i["sk"]["S"])
+                for i in dynamodb.scan(TableName=REGISTRY)["Items"]
+                if i["sk"]["S"] != "REQUEST"  # request markers: bookkeeping, not objects
             ),
         }
 
@@ -559,6 +562,8 @@ def check(corpus: Corpus, case: Case) -> None:
     from rolekeeper.handlers.custom_resource import lambda_handler
 
     request = _with_key(case.event, corpus.key_arn)
+    if isinstance(request, dict) and isinstance(request.get("RequestId"), str) and request["RequestId"]:
+        request = {**request, "RequestId": str(uuid.uuid4())}  # one RequestId per request, as CloudFormation
     before = corpus.state()
     sent_before = len(corpus.sent.responses)
     if (

@@ -83,7 +83,8 @@ class Env:
         return [r["RoleName"] for r in profile["Roles"]]
 
     def items(self) -> list[dict[str, Any]]:
-        return self.dynamodb.scan(TableName=REGISTRY)["Items"]
+        """Objects and claims (request markers are bookkeeping that expires on its own)."""
+        return [i for i in self.dynamodb.scan(TableName=REGISTRY)["Items"] if i["sk"]["S"] != "REQUEST"]
 
     def claims(self, prefix: str = "") -> list[tuple[str, str]]:
         return sorted(
