@@ -25,7 +25,7 @@ os.environ.update(
         "ALLOWED_MANAGED_POLICY_ARNS": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore,"
         "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy",
         "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,ecsInstanceRole,"
-        "AWSBatchServiceRole,app-*,web-app,web-app-*",
+        "AWSBatchServiceRole,app-*",
         "HEAL_MODE": "heal",
         "POWERTOOLS_SERVICE_NAME": "rolekeeper",
         "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",
