@@ -78,6 +78,12 @@ def stack_name(stack_id: str) -> str:
     return parts[1] if len(parts) >= 3 and parts[0] == "stack" else stack_id
 
 
+def _name(key: str, item: dict[str, Any]) -> str:
+    if item.get("kind") == "grant" and item.get("key_arn") and item.get("grant_id"):
+        return f"{str(item['key_arn']).rsplit('/', 1)[-1]} grant {str(item['grant_id'])[:16]}..."
+    return str(item.get("name") or (key.split("#", 1)[1] if "#" in key else key))
+
+
 def read_items(table: str) -> list[dict[str, Any]]:
     from boto3.dynamodb.types import TypeDeserializer
 
@@ -125,7 +131,7 @@ def status(table: str, *, check_drift: bool = True) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "key": key,
             "kind": item.get("kind", "(no object item: claims only)"),
-            "name": item.get("name") or (key.split("#", 1)[1] if "#" in key else key),
+            "name": _name(key, item),
             "created_by_rolekeeper": bool(item.get("created", False)),
             "desired": desired,
             "claims": [
