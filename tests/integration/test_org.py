@@ -70,7 +70,12 @@ def parameters(**values: str) -> list[dict[str, str]]:
 
 # Per account: different parameters, to see each applied where it was given.
 ACCOUNT_PARAMETERS = [
-    {"HealMode": "heal", "ReconcileSchedule": "rate(6 hours)", "HealRateLimit": "5"},
+    {
+        "HealMode": "heal",
+        "ReconcileSchedule": "rate(6 hours)",
+        "HealRateLimit": "5",
+        "ServiceTokenExportName": "rolekeeper-ServiceToken",
+    },
     {"HealMode": "report", "ReconcileSchedule": "rate(1 hour)", "HealRateLimit": "3"},
     {
         "HealMode": "heal",
@@ -159,6 +164,9 @@ def test_three_accounts_each_have_the_stack_with_its_parameters(organization: di
         assert {r.get("ScheduleExpression") for r in rules} == {None, values["ReconcileSchedule"]}
         patterns = [json.loads(r["EventPattern"]) for r in rules if r.get("EventPattern")]
         assert sorted(p["source"][0] for p in patterns) == ["aws.iam", "aws.kms"]
+        exports = {e["Name"]: e["Value"] for e in member.client("cloudformation").list_exports()["Exports"]}
+        export = values.get("ServiceTokenExportName", "rolekeeper-ServiceToken")
+        assert exports[export] == next(f["FunctionArn"] for n, f in functions.items() if "Provisioner" in n)
         queues = member.client("sqs").list_queues()["QueueUrls"]
         assert len(queues) == 1 and f"/{account_id}/" in queues[0]
 
@@ -186,7 +194,9 @@ def test_service_managed_stack_set_reaches_the_ou(organization: dict[str, Any]) 
         Capabilities=["CAPABILITY_IAM"],
         PermissionModel="SERVICE_MANAGED",
         AutoDeployment={"Enabled": True, "RetainStacksOnAccountRemoval": False},
-        Parameters=parameters(ArtifactBucketPrefix=PREFIX, HealMode="report"),
+        Parameters=parameters(
+            ArtifactBucketPrefix=PREFIX, HealMode="report", ServiceTokenExportName="rolekeeper-ServiceToken"
+        ),
     )
     operation = cloudformation.create_stack_instances(
         StackSetName="rolekeeper", DeploymentTargets={"OrganizationalUnitIds": [ou]}, Regions=[REGION]
@@ -195,8 +205,11 @@ def test_service_managed_stack_set_reaches_the_ou(organization: dict[str, Any]) 
     assert status["StackSetOperation"]["Status"] == "SUCCEEDED"
     instances = cloudformation.list_stack_instances(StackSetName="rolekeeper")["Summaries"]
     assert [(i["Account"], i["Region"], i["Status"]) for i in instances] == [(joined, REGION, "CURRENT")]
-    functions = session(joined).client("lambda").list_functions()["Functions"]
+    member = session(joined)
+    functions = member.client("lambda").list_functions()["Functions"]
     assert len(functions) == 2
+    # moto keeps StackSet instances' stacks (and exports) out of the member account's
+    # CloudFormation; the export name parameter is checked on the direct deployments above.
     assert {f["Environment"]["Variables"]["HEAL_MODE"] for f in functions} == {"report"}
 
 
