@@ -149,3 +149,25 @@ def test_publish_batches_and_reports_what_was_taken(monkeypatch: pytest.MonkeyPa
     details.append(org_events.detail("healthy", "role", "x", "", [], account="1", region="r", trigger={}))
     assert org_events.publish(details, bus="arn:aws:events:us-east-1:123456789012:event-bus/b") == 23
     assert calls == [10, 10, 3]
+
+
+def test_a_failed_heal_is_sent_before_lambda_retries(
+    aws: None, context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rolekeeper import org_events
+    from rolekeeper.handlers import healer
+
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setenv("ORG_EVENT_BUS_ARN", f"arn:aws:events:{REGION}:123456789012:event-bus/rolekeeper-org")
+    monkeypatch.setattr(org_events, "publish", lambda details, bus=None: sent.extend(details) or 1)
+
+    def broken(_event: Any) -> Any:
+        raise RuntimeError("IAM is down")
+
+    monkeypatch.setattr(healer, "_on_change", broken)
+    with pytest.raises(RuntimeError):
+        healer.lambda_handler(healer_event("heal-delete-role.json"), context)
+    (failure,) = sent
+    assert (failure["outcome"], failure["object"]) == ("failed", {"kind": "role", "name": "ecsInstanceRole"})
+    assert failure["summary"] == "RuntimeError: IAM is down"
+    assert org_events.entries(sent, "bus")[0]["DetailType"] == "rolekeeper heal failed"
