@@ -25,8 +25,8 @@ os.environ.update(
         "ecs.amazonaws.com,autoscaling.amazonaws.com",
         "ALLOWED_MANAGED_POLICY_ARNS": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore,"
         "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy",
-        "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,AmazonEC2SpotFleetTaggingRole,ecsInstanceRole,"
-        "AWSBatchServiceRole,app-*,web-app,web-app-*",
+        "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,AmazonEC2SpotFleetTaggingRole,"
+        "ecsInstanceRole,AWSBatchServiceRole,app-*",
         "ALLOWED_TAG_KEYS": "team,env,owner,app,a,cost-center",
         "HEAL_MODE": "heal",
         "POWERTOOLS_SERVICE_NAME": "rolekeeper",

@@ -29,6 +29,7 @@ SAMPLE = {
     "NotificationTopic": "arn:aws:sns:us-east-1:123456789012:rolekeeper-NotificationTopic",
     "TargetRegion": "eu-west-1",
     "RolekeeperStackName": "rolekeeper",
+    "OrgEventBusArn": "arn:aws:events:us-east-1:210987654321:event-bus/rolekeeper-org",
 }
 
 
@@ -115,7 +116,7 @@ def template_policies(path: Path) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for name, resource in template.get("Resources", {}).items():
         properties = resource.get("Properties", {})
-        if resource["Type"] == "AWS::IAM::ManagedPolicy":
+        if resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy"):
             found[f"{path.name}:{name}"] = resolve(properties["PolicyDocument"])
         for i, policy in enumerate(properties.get("Policies", [])):
             if isinstance(policy, dict) and "Statement" in policy:

@@ -96,7 +96,7 @@ def test_escalation_grant_to_another_principal_is_refused(aws, stack):
 def test_escalation_trust_policy_is_fixed_by_blueprint(aws, stack):
     response = stack.send("role-ec2-application-create.json")
     assert response["Status"] == "SUCCESS", response["Reason"]
-    trust = boto3.client("iam").get_role(RoleName="web-app")["Role"]["AssumeRolePolicyDocument"]
+    trust = boto3.client("iam").get_role(RoleName="app-web")["Role"]["AssumeRolePolicyDocument"]
     assert trust["Statement"] == [
         {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
     ]

@@ -215,24 +215,24 @@ def test_batch_service_creates_documented_role(aws, stack):
 def test_ec2_application_creates_named_role_with_listed_policies_and_profile(aws, stack):
     response = stack.send("role-ec2-application-create.json")
     assert response["Status"] == "SUCCESS", response["Reason"]
-    role = get_role("web-app")
+    role = get_role("app-web")
     assert role is not None
-    profile = get_profile("web-app")
+    profile = get_profile("app-web")
     assert profile is not None
-    assert response["PhysicalResourceId"] == role["Arn"] == f"arn:aws:iam::{ACCOUNT}:role/web-app"
+    assert response["PhysicalResourceId"] == role["Arn"] == f"arn:aws:iam::{ACCOUNT}:role/app-web"
     assert response["Data"] == {
-        "RoleName": "web-app",
+        "RoleName": "app-web",
         "Arn": role["Arn"],
         "RoleId": role["RoleId"],
         "Created": "true",
-        "InstanceProfileName": "web-app",
+        "InstanceProfileName": "app-web",
         "InstanceProfileArn": profile["Arn"],
     }
-    statement = only_statement("web-app")
+    statement = only_statement("app-web")
     assert statement["Principal"] == {"Service": "ec2.amazonaws.com"}
     assert "Condition" not in statement
-    assert attached("web-app") == {SSM_CORE}
-    assert profiles_holding("web-app") == ["web-app"]
+    assert attached("app-web") == {SSM_CORE}
+    assert profiles_holding("app-web") == ["app-web"]
 
 
 def test_documented_name_with_path_puts_role_and_profile_under_it(aws, stack):
@@ -251,7 +251,7 @@ def test_application_role_with_path_is_refused(aws, stack):
     # IAM's "*" also matches "/": rolekeeper's permissions for prefixed names stop at the root path.
     response = stack.send("role-ec2-application-create.json", props={"Path": "/apps/web/"})
     assert response["Status"] == "FAILED"
-    assert response["Reason"].startswith("Path must be / for RoleName web-app")
+    assert response["Reason"].startswith("Path must be / for RoleName app-web")
     assert role_names() == set()
 
 
@@ -271,8 +271,8 @@ def test_create_with_boundary_and_tags_sets_them(aws, stack):
         },
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
-    assert boundary("web-app") == BOUNDARY
-    assert tags("web-app") == {"app": "web", "env": "prod"}
+    assert boundary("app-web") == BOUNDARY
+    assert tags("app-web") == {"app": "web", "env": "prod"}
 
 
 def test_create_twice_changes_nothing_the_second_time(aws, stack, monkeypatch):
@@ -454,7 +454,7 @@ def test_adopt_fills_in_empty_instance_profile_of_the_same_name(aws, stack):
 
 def test_update_ec2_application_swaps_policies_and_adds_tag_in_place(aws, stack):
     created = stack.send("role-ec2-application-create.json")
-    role_id = get_role("web-app")["RoleId"]
+    role_id = get_role("app-web")["RoleId"]
     # When (events/role-ec2-application-update.json: SSM core -> CloudWatch agent, tag app=web)
     response = stack.send(
         "role-ec2-application-update.json",
@@ -465,29 +465,29 @@ def test_update_ec2_application_swaps_policies_and_adds_tag_in_place(aws, stack)
     assert response["Status"] == "SUCCESS", response["Reason"]
     assert response["PhysicalResourceId"] == created["PhysicalResourceId"]
     assert response["Data"]["RoleId"] == role_id
-    assert get_role("web-app")["RoleId"] == role_id
-    assert attached("web-app") == {CLOUDWATCH_AGENT}
-    assert tags("web-app") == {"app": "web"}
-    assert profiles_holding("web-app") == ["web-app"]
+    assert get_role("app-web")["RoleId"] == role_id
+    assert attached("app-web") == {CLOUDWATCH_AGENT}
+    assert tags("app-web") == {"app": "web"}
+    assert profiles_holding("app-web") == ["app-web"]
 
 
 def test_update_removing_policy_keeps_policies_others_attached(aws, stack):
     created = stack.send("role-ec2-application-create.json")
     # Someone else attaches a policy outside the stack
-    iam().attach_role_policy(RoleName="web-app", PolicyArn=ADMINISTRATOR)
+    iam().attach_role_policy(RoleName="app-web", PolicyArn=ADMINISTRATOR)
     response = stack.send(
         "role-ec2-application-update.json", PhysicalResourceId=created["PhysicalResourceId"]
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
-    assert attached("web-app") == {CLOUDWATCH_AGENT, ADMINISTRATOR}
+    assert attached("app-web") == {CLOUDWATCH_AGENT, ADMINISTRATOR}
 
 
 def test_update_removing_tag_untags_it(aws, stack):
     tagged = {"Tags": [{"Key": "app", "Value": "web"}]}
     created = stack.send("role-ec2-application-create.json", props=tagged)
-    assert tags("web-app") == {"app": "web"}
+    assert tags("app-web") == {"app": "web"}
     # Someone else tags the role outside the stack
-    iam().tag_role(RoleName="web-app", Tags=[{"Key": "owner", "Value": "ops"}])
+    iam().tag_role(RoleName="app-web", Tags=[{"Key": "owner", "Value": "ops"}])
     response = stack.send(
         "role-ec2-application-update.json",
         props={"Tags": [{"Key": "env", "Value": "prod"}]},
@@ -496,12 +496,12 @@ def test_update_removing_tag_untags_it(aws, stack):
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
     assert response["PhysicalResourceId"] == created["PhysicalResourceId"]
-    assert tags("web-app") == {"env": "prod", "owner": "ops"}
+    assert tags("app-web") == {"env": "prod", "owner": "ops"}
 
 
 def test_update_sets_and_removes_permissions_boundary_in_place(aws, stack):
     created = stack.send("role-ec2-application-create.json")
-    assert boundary("web-app") is None
+    assert boundary("app-web") is None
     # When a boundary is added
     added = stack.send(
         "role-ec2-application-update.json",
@@ -510,7 +510,7 @@ def test_update_sets_and_removes_permissions_boundary_in_place(aws, stack):
     )
     assert added["Status"] == "SUCCESS", added["Reason"]
     assert added["PhysicalResourceId"] == created["PhysicalResourceId"]
-    assert boundary("web-app") == BOUNDARY
+    assert boundary("app-web") == BOUNDARY
     # When it is removed again
     removed = stack.send(
         "role-ec2-application-update.json",
@@ -519,7 +519,7 @@ def test_update_sets_and_removes_permissions_boundary_in_place(aws, stack):
     )
     assert removed["Status"] == "SUCCESS", removed["Reason"]
     assert removed["PhysicalResourceId"] == created["PhysicalResourceId"]
-    assert boundary("web-app") is None
+    assert boundary("app-web") is None
 
 
 def test_update_instance_profile_off_removes_profile(aws, stack):
@@ -532,38 +532,38 @@ def test_update_instance_profile_off_removes_profile(aws, stack):
     assert response["Status"] == "SUCCESS", response["Reason"]
     assert "InstanceProfileName" not in response["Data"]
     assert profile_names() == set()
-    assert get_role("web-app") is not None
+    assert get_role("app-web") is not None
 
 
 def test_update_role_name_change_replaces_role_and_old_stays_until_cleanup(aws, stack):
     created = stack.send("role-ec2-application-create.json")
-    old_id = get_role("web-app")["RoleId"]
+    old_id = get_role("app-web")["RoleId"]
     # When RoleName changes
     response = stack.send(
         "role-ec2-application-update.json",
-        props={"RoleName": "web-app-v2"},
+        props={"RoleName": "app-web-v2"},
         PhysicalResourceId=created["PhysicalResourceId"],
     )
     # Then a new role answers with a new physical id...
     assert response["Status"] == "SUCCESS", response["Reason"]
-    assert response["PhysicalResourceId"] == f"arn:aws:iam::{ACCOUNT}:role/web-app-v2"
+    assert response["PhysicalResourceId"] == f"arn:aws:iam::{ACCOUNT}:role/app-web-v2"
     assert response["PhysicalResourceId"] != created["PhysicalResourceId"]
-    assert response["Data"]["RoleName"] == "web-app-v2"
+    assert response["Data"]["RoleName"] == "app-web-v2"
     assert response["Data"]["Created"] == "true"
-    assert attached("web-app-v2") == {CLOUDWATCH_AGENT}
-    assert profiles_holding("web-app-v2") == ["web-app-v2"]
+    assert attached("app-web-v2") == {CLOUDWATCH_AGENT}
+    assert profiles_holding("app-web-v2") == ["app-web-v2"]
     # ...and the old role is left as it was for CloudFormation's cleanup Delete
-    assert get_role("web-app")["RoleId"] == old_id
-    assert attached("web-app") == {SSM_CORE}
-    assert profiles_holding("web-app") == ["web-app"]
+    assert get_role("app-web")["RoleId"] == old_id
+    assert attached("app-web") == {SSM_CORE}
+    assert profiles_holding("app-web") == ["app-web"]
     # When the cleanup Delete for the old physical id arrives
     cleanup = stack.send("role-ec2-application-delete.json", PhysicalResourceId=created["PhysicalResourceId"])
     assert cleanup["Status"] == "SUCCESS", cleanup["Reason"]
-    assert get_role("web-app") is None
-    assert profile_names() == {"web-app-v2"}
-    assert get_role("web-app-v2") is not None
-    assert registry().get(role_key("web-app")) is None
-    assert len(registry().get(role_key("web-app-v2")).claims) == 1
+    assert get_role("app-web") is None
+    assert profile_names() == {"app-web-v2"}
+    assert get_role("app-web-v2") is not None
+    assert registry().get(role_key("app-web")) is None
+    assert len(registry().get(role_key("app-web-v2")).claims) == 1
 
 
 def test_update_path_and_role_name_change_replaces_role(aws, stack):
@@ -595,7 +595,7 @@ def test_update_path_change_alone_is_refused_and_role_untouched(aws, stack):
     # IAM role names are unique whatever the path, so the new role cannot exist next to the old one
     # until the cleanup Delete: the change is refused with a Reason, and the old role stays as it is.
     created = stack.send("role-ec2-application-create.json")
-    role_id = get_role("web-app")["RoleId"]
+    role_id = get_role("app-web")["RoleId"]
     response = stack.send(
         "role-ec2-application-update.json",
         props={"Path": "/apps/"},
@@ -604,10 +604,10 @@ def test_update_path_change_alone_is_refused_and_role_untouched(aws, stack):
     assert response["Status"] == "FAILED"
     assert "path" in response["Reason"].lower()
     assert response["PhysicalResourceId"] == created["PhysicalResourceId"]
-    assert get_role("web-app")["RoleId"] == role_id
-    assert get_role("web-app")["Path"] == "/"
-    assert attached("web-app") == {SSM_CORE}
-    assert tags("web-app") == {}
+    assert get_role("app-web")["RoleId"] == role_id
+    assert get_role("app-web")["Path"] == "/"
+    assert attached("app-web") == {SSM_CORE}
+    assert tags("app-web") == {}
 
 
 # --- delete ----------------------------------------------------------------------------------
@@ -628,7 +628,7 @@ def test_delete_with_delete_removes_profile_policies_inline_policies_and_role(aw
     created = stack.send("role-ec2-application-create.json")
     assert created["Status"] == "SUCCESS", created["Reason"]
     iam().put_role_policy(
-        RoleName="web-app",
+        RoleName="app-web",
         PolicyName="read-bucket",
         PolicyDocument=json.dumps(
             {
@@ -642,39 +642,39 @@ def test_delete_with_delete_removes_profile_policies_inline_policies_and_role(aw
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
     assert response["PhysicalResourceId"] == created["PhysicalResourceId"]
-    assert get_role("web-app") is None
-    assert get_profile("web-app") is None
+    assert get_role("app-web") is None
+    assert get_profile("app-web") is None
     assert profile_names() == set()
-    assert registry().get(role_key("web-app")) is None
+    assert registry().get(role_key("app-web")) is None
     # The managed policy itself is untouched
     assert iam().get_policy(PolicyArn=SSM_CORE)["Policy"]["Arn"] == SSM_CORE
 
 
 def test_delete_when_profile_already_deleted_by_hand_succeeds(aws, stack):
     created = stack.send("role-ec2-application-create.json")
-    iam().remove_role_from_instance_profile(InstanceProfileName="web-app", RoleName="web-app")
-    iam().delete_instance_profile(InstanceProfileName="web-app")
+    iam().remove_role_from_instance_profile(InstanceProfileName="app-web", RoleName="app-web")
+    iam().delete_instance_profile(InstanceProfileName="app-web")
     response = stack.send(
         "role-ec2-application-delete.json", PhysicalResourceId=created["PhysicalResourceId"]
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
-    assert get_role("web-app") is None
-    assert registry().get(role_key("web-app")) is None
+    assert get_role("app-web") is None
+    assert registry().get(role_key("app-web")) is None
 
 
 def test_delete_when_role_already_deleted_by_hand_succeeds(aws, stack):
     created = stack.send("role-ec2-application-create.json")
-    iam().remove_role_from_instance_profile(InstanceProfileName="web-app", RoleName="web-app")
-    iam().detach_role_policy(RoleName="web-app", PolicyArn=SSM_CORE)
-    iam().delete_role(RoleName="web-app")
+    iam().remove_role_from_instance_profile(InstanceProfileName="app-web", RoleName="app-web")
+    iam().detach_role_policy(RoleName="app-web", PolicyArn=SSM_CORE)
+    iam().delete_role(RoleName="app-web")
     response = stack.send(
         "role-ec2-application-delete.json", PhysicalResourceId=created["PhysicalResourceId"]
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
-    assert get_role("web-app") is None
+    assert get_role("app-web") is None
     # The profile rolekeeper made (left empty by hand) goes too
     assert profile_names() == set()
-    assert registry().get(role_key("web-app")) is None
+    assert registry().get(role_key("app-web")) is None
 
 
 def test_delete_never_removes_an_adopted_role(aws, stack):
@@ -729,8 +729,8 @@ def test_delete_of_physical_id_never_produced_touches_nothing(aws, stack):
         PhysicalResourceId=created["PhysicalResourceId"],
     )
     assert stranger["Status"] == "SUCCESS", stranger["Reason"]
-    assert get_role("web-app") is not None
-    assert len(registry().get(role_key("web-app")).claims) == 1
+    assert get_role("app-web") is not None
+    assert len(registry().get(role_key("app-web")).claims) == 1
 
 
 # --- refusals: nothing created ------------------------------------------------------------------
@@ -761,7 +761,7 @@ def test_refusal_managed_policy_not_in_allowed_list(aws, stack):
     assert ADMINISTRATOR in response["Reason"]
     assert SSM_CORE in response["Reason"]
     assert CLOUDWATCH_AGENT in response["Reason"]
-    assert get_role("web-app") is None
+    assert get_role("app-web") is None
 
 
 def test_refusal_ec2_application_without_role_name(aws, stack):
@@ -782,13 +782,13 @@ def test_refusal_role_name_of_65_characters(aws, stack):
 def test_refusal_path_without_slashes(aws, stack):
     response = stack.send("role-ec2-application-create.json", props={"Path": "noslash"})
     assert_refused(response, "Path")
-    assert get_role("web-app") is None
+    assert get_role("app-web") is None
 
 
 def test_refusal_permissions_boundary_not_an_arn(aws, stack):
     response = stack.send("role-ec2-application-create.json", props={"PermissionsBoundary": "not-an-arn"})
     assert_refused(response, "PermissionsBoundary")
-    assert get_role("web-app") is None
+    assert get_role("app-web") is None
 
 
 def test_refusal_confused_deputy_protection_on_ecs_instance(aws, stack):
@@ -831,8 +831,8 @@ def test_refusal_of_update_leaves_role_as_it_was(aws, stack):
     assert response["Status"] == "FAILED"
     assert "ManagedPolicyArns" in response["Reason"]
     assert response["PhysicalResourceId"] == created["PhysicalResourceId"]
-    assert attached("web-app") == {SSM_CORE}
-    assert tags("web-app") == {}
+    assert attached("app-web") == {SSM_CORE}
+    assert tags("app-web") == {}
 
 
 def test_refusal_policy_from_other_partition(aws, stack):
@@ -888,13 +888,13 @@ def test_partition_us_gov_allows_only_us_gov_policy_arns():
     gov_ssm = "arn:aws-us-gov:iam::aws:policy/AmazonSSMManagedInstanceCore"
     provisioner = provisioner_with(gov_ssm, SSM_CORE)
     spec = provisioner.role_spec(
-        service_role_props(Blueprint="ec2-application", RoleName="web-app", ManagedPolicyArns=[gov_ssm]),
+        service_role_props(Blueprint="ec2-application", RoleName="app-web", ManagedPolicyArns=[gov_ssm]),
         scope,
     )
     assert spec.policy_arns == (gov_ssm,)
     with pytest.raises(InvalidRequest, match="partition"):
         provisioner.role_spec(
-            service_role_props(Blueprint="ec2-application", RoleName="web-app", ManagedPolicyArns=[SSM_CORE]),
+            service_role_props(Blueprint="ec2-application", RoleName="app-web", ManagedPolicyArns=[SSM_CORE]),
             scope,
         )
 
@@ -949,28 +949,28 @@ def test_rollback_when_adding_role_to_profile_fails_leaves_no_role_or_profile(aw
 
 
 def test_rollback_when_profile_name_held_by_another_role_leaves_that_profile_alone(aws, stack):
-    # Given: an instance profile named web-app already holds another role
+    # Given: an instance profile named app-web already holds another role
     iam().create_role(
         RoleName="legacy", AssumeRolePolicyDocument=trust_document(service_trust("ec2.amazonaws.com"))
     )
-    iam().create_instance_profile(InstanceProfileName="web-app")
-    iam().add_role_to_instance_profile(InstanceProfileName="web-app", RoleName="legacy")
+    iam().create_instance_profile(InstanceProfileName="app-web")
+    iam().add_role_to_instance_profile(InstanceProfileName="app-web", RoleName="legacy")
     # When
     response = stack.send("role-ec2-application-create.json")
     # Then: refused, the new role rolled back, the other profile as it was
     assert response["Status"] == "FAILED"
-    assert "instance profile web-app" in response["Reason"]
+    assert "instance profile app-web" in response["Reason"]
     assert "legacy" in response["Reason"]
-    assert get_role("web-app") is None
-    assert [r["RoleName"] for r in get_profile("web-app")["Roles"]] == ["legacy"]
-    assert registry().get(role_key("web-app")) is None
+    assert get_role("app-web") is None
+    assert [r["RoleName"] for r in get_profile("app-web")["Roles"]] == ["legacy"]
+    assert registry().get(role_key("app-web")) is None
 
 
 def test_rollback_keeps_instance_profile_this_request_did_not_make(aws, stack, monkeypatch):
-    # Given: an empty instance profile named web-app made by someone else (left over, or by other tooling)
+    # Given: an empty instance profile named app-web made by someone else (left over, or by other tooling)
     from rolekeeper import iam as rk_iam
 
-    iam().create_instance_profile(InstanceProfileName="web-app")
+    iam().create_instance_profile(InstanceProfileName="app-web")
 
     def denied(_name: str, _arn: str) -> None:
         raise access_denied("AttachRolePolicy")
@@ -981,5 +981,5 @@ def test_rollback_keeps_instance_profile_this_request_did_not_make(aws, stack, m
     # Then the role this request made is gone, the profile it did not make is not
     assert response["Status"] == "FAILED"
     assert "AccessDenied" in response["Reason"]
-    assert get_role("web-app") is None
-    assert profile_names() == {"web-app"}
+    assert get_role("app-web") is None
+    assert profile_names() == {"app-web"}

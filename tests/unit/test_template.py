@@ -48,7 +48,12 @@ def test_template_functions_use_design_entry_points(resolved):
 
 def test_template_exports_service_token(template):
     output = template["Outputs"]["ServiceToken"]
-    assert output["Export"]["Name"].value == "${AWS::StackName}-ServiceToken"
+    condition, named, default = output["Export"]["Name"].value
+    assert (condition, named.value, default.value) == (
+        "HasServiceTokenExportName",
+        "ServiceTokenExportName",
+        "${AWS::StackName}-ServiceToken",
+    )
 
 
 def test_template_registry_table_matches_code(resolved):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections import Counter
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,21 @@ def _record(result: Result, kind: str) -> None:
         metrics.add_metric(name=f"{name}{kind.title()}" if name == "Healed" else name, unit="Count", value=1)
 
 
+def _to_org(results: list[tuple[Result, str]], account: str, trigger: dict[str, str]) -> None:
+    """Heals, suppressions and failures to the organization's bus (OrgEventBusArn), if set."""
+    from rolekeeper import org_events
+
+    if not org_events.bus_arn():
+        return
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+    org_events.publish(
+        org_events.detail(
+            r.outcome, kind, r.name, r.detail, r.changes, account=account, region=region, trigger=trigger
+        )
+        for r, kind in results
+    )
+
+
 def _on_change(event: CloudTrailEvent) -> Result:
     detail = event.detail
     if detail.event_name in KMS_EVENTS:
@@ -76,6 +92,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
                 _record(result, "object")
         counts = Counter(r.outcome for r in results)
         logger.info("reconcile finished", outcomes=dict(counts))
+        _to_org(
+            [(r, "object") for r in results if r.outcome != "healthy"],
+            account,
+            {"type": "schedule", "eventId": str(event.get("id"))},
+        )
         failed = [r for r in results if r.outcome == "failed"]
         if failed:
             notify(
@@ -96,7 +117,21 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return _drop("failed call, nothing changed", event)
     if change.detail.event_name not in IAM_EVENTS | KMS_EVENTS:
         return _drop("event name not watched", event)
-    result = _on_change(change)
+    trigger = {
+        "type": "cloudtrail",
+        "eventName": change.detail.event_name,
+        "eventId": change.detail.event_id,
+    }
+    try:
+        result = _on_change(change)
+    except Exception as error:
+        # Lambda retries (twice), then FailureQueue: one event per failed attempt.
+        name = change.detail.parameter("roleName") or change.detail.parameter("grantId") or ""
+        failure = Result("failed", name, f"{type(error).__name__}: {error}")
+        _to_org([(failure, "grant" if change.detail.event_name in KMS_EVENTS else "role")], account, trigger)
+        raise
+    kind = "grant" if change.detail.event_name in KMS_EVENTS else "role"
+    _to_org([(result, kind)], account, trigger)
     return {"outcome": result.outcome, "target": result.name, "detail": result.detail}
 
 
