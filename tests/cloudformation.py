@@ -116,12 +116,15 @@ def _validation_error(message: str) -> Exception:
 
 
 def install(monkeypatch: pytest.MonkeyPatch, double: CloudFormation) -> None:
+    original_resource = cfn_responses.CloudFormationResponse.describe_stack_resource
+    original_stacks = cfn_responses.CloudFormationResponse.describe_stacks
+
     def describe_stack_resource(self: Any) -> ActionResult:
         stack_id = self._get_param("StackName")
         logical_id = self._get_param("LogicalResourceId")
         double.calls.append("DescribeStackResource")
         if stack_id not in double.stacks:
-            raise _validation_error(f"Stack with id {stack_id} does not exist")
+            return original_resource(self)  # a stack moto itself deployed (or none: moto says so)
         found = double.resource(stack_id, logical_id)
         if found is None:
             raise _validation_error(f"Resource {logical_id} does not exist for stack {stack_id}")
@@ -141,7 +144,7 @@ def install(monkeypatch: pytest.MonkeyPatch, double: CloudFormation) -> None:
         stack_id = self._get_param("StackName")
         double.calls.append("DescribeStacks")
         if stack_id not in double.stacks:
-            raise _validation_error(f"Stack with id {stack_id} does not exist")
+            return original_stacks(self)
         stack = {
             "StackName": stack_id.split("/")[1],
             "StackId": stack_id,

@@ -9,6 +9,7 @@ import boto3
 import pytest
 
 from rolekeeper import cli
+from tests.conftest import OPT_IN
 
 
 def test_status_shows_claims_origin_heals_and_drift(
@@ -33,7 +34,7 @@ def test_status_shows_claims_origin_heals_and_drift(
         ),
     )
     assert stack.send("role-ecs-instance-create.json")["Status"] == "SUCCESS"
-    key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    key = boto3.client("kms").create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]
     grant = stack.send("grant-create.json", props={"KeyId": key})
     assert grant["Status"] == "SUCCESS"
     iam.detach_role_policy(
