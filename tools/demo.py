@@ -249,7 +249,9 @@ def main() -> int:
         state("after step 1")
 
         print("2. A customer managed key, and the grant that lets Spot Fleet use it")
-        key_arn = boto3.client("kms").create_key(Description="encrypted AMIs", Tags=OPT_IN)["KeyMetadata"]["Arn"]
+        key_arn = boto3.client("kms").create_key(Description="encrypted AMIs", Tags=OPT_IN)["KeyMetadata"][
+            "Arn"
+        ]
         grant = demo.request("grant-create.json", "platform", props={"KeyId": key_arn})
         state("after step 2", key_arn)
 
