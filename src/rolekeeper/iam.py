@@ -184,8 +184,12 @@ def add_to_profile(profile: str, role: str) -> None:
     try:
         aws.iam().add_role_to_instance_profile(InstanceProfileName=profile, RoleName=role)
     except ClientError as error:
-        # LimitExceeded: the profile already holds a role (an instance profile holds at most one).
+        # LimitExceeded: the profile already holds a role (an instance profile holds at most one);
+        # when that role is this one (added concurrently), there is nothing to do.
         if aws.error_code(error) == "LimitExceeded":
+            found = get_instance_profile(profile)
+            if found is not None and [r["RoleName"] for r in found.get("Roles", [])] == [role]:
+                return
             raise Conflict(f"instance profile {profile} already holds another role") from None
         if not already_exists(error):
             raise

@@ -238,8 +238,33 @@ def test_healer_burst_of_50_events_recreates_once(stack, heal, monkeypatch):
     assert set(outcomes) == {"healed", "healthy"}
 
 
+def _atomic_moto(monkeypatch) -> None:
+    """Real DynamoDB conditional writes and IAM calls are atomic; moto's in-process backends are
+    not under threads (two invocations could both take the heal lease), so serialise them."""
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.iam import models as iam_models
+
+    lock = threading.RLock()
+
+    def atomic(owner, name):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            with lock:
+                return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        atomic(DynamoDBBackend, name)
+    for name in ("create_role", "create_instance_profile", "add_role_to_instance_profile"):
+        atomic(iam_models.IAMBackend, name)
+
+
 def test_healer_concurrent_invocations_heal_once_without_errors(stack, heal, monkeypatch):
     from rolekeeper import iam as iam_ops
+
+    _atomic_moto(monkeypatch)
 
     stack.send("role-ecs-instance-create.json")
     delete_ecs_role_by_hand()
