@@ -535,19 +535,19 @@ def delete_latency(table: Table, calls: Calls) -> None:
 
 
 def _atomic_dynamodb(patcher: Any) -> None:
-    """DynamoDB applies each conditional write atomically; moto in threads does not. Restore that
-    (it is what the heal lease relies on), so the burst measures rolekeeper, not moto."""
-    from moto.dynamodb.models import DynamoDBBackend
+    """Each AWS API call is atomic (DynamoDB's conditional writes are what the heal lease relies
+    on); moto in threads is not, and its reads can even see a table mid-write. Serialise moto's
+    actions, so the burst measures rolekeeper (whose own code still interleaves between calls)."""
+    from moto.core.responses import BaseResponse
 
     lock = threading.RLock()
-    for name in ("put_item", "update_item", "delete_item"):
-        original = getattr(DynamoDBBackend, name)
+    original = BaseResponse.call_action
 
-        def wrapper(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            with lock:
-                return _original(*args, **kwargs)
+    def call_action(self: Any) -> Any:
+        with lock:
+            return original(self)
 
-        patcher.setattr(DynamoDBBackend, name, wrapper)
+    patcher.setattr(BaseResponse, "call_action", call_action)
 
 
 def heal_burst(table: Table, calls: Calls) -> None:

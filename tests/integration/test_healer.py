@@ -239,26 +239,19 @@ def test_healer_burst_of_50_events_recreates_once(stack, heal, monkeypatch):
 
 
 def _atomic_moto(monkeypatch) -> None:
-    """Real DynamoDB conditional writes and IAM calls are atomic; moto's in-process backends are
-    not under threads (two invocations could both take the heal lease), so serialise them."""
-    from moto.dynamodb.models import DynamoDBBackend
-    from moto.iam import models as iam_models
+    """Each AWS API call is atomic (DynamoDB's conditional writes are what the heal lease relies
+    on); moto's in-process backends are not under threads, and a read can see a table mid-write.
+    Serialise moto's actions; rolekeeper's own code still interleaves between calls."""
+    from moto.core.responses import BaseResponse
 
     lock = threading.RLock()
+    original = BaseResponse.call_action
 
-    def atomic(owner, name):
-        original = getattr(owner, name)
+    def call_action(self):
+        with lock:
+            return original(self)
 
-        def wrapper(*args, **kwargs):
-            with lock:
-                return original(*args, **kwargs)
-
-        monkeypatch.setattr(owner, name, wrapper)
-
-    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
-        atomic(DynamoDBBackend, name)
-    for name in ("create_role", "create_instance_profile", "add_role_to_instance_profile"):
-        atomic(iam_models.IAMBackend, name)
+    monkeypatch.setattr(BaseResponse, "call_action", call_action)
 
 
 def test_healer_concurrent_invocations_heal_once_without_errors(stack, heal, monkeypatch):
