@@ -35,7 +35,7 @@ fi
 
 # pip for Python 3.13 (the runtime's version), so the client's compiled part matches it.
 py313=
-for candidate in "$HOME"/.pyenv/versions/3.13*/bin/python3.13 "$(command -v python3.13 || true)"; do
+for candidate in "${HOME:-/root}"/.pyenv/versions/3.13*/bin/python3.13 "$(command -v python3.13 || true)"; do
     if [[ -x $candidate ]] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then
         py313=$candidate
         break

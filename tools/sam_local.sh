@@ -12,7 +12,7 @@ sam=${1:?usage: tools/sam_local.sh <sam> <python> [<python3.13 dir>]}
 python=${2:?usage: tools/sam_local.sh <sam> <python> [<python3.13 dir>]}
 py313_dir=${3:-}
 work=.sam-local
-cache=${ROLEKEEPER_SAM_LOCAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rolekeeper-sam-local}
+cache=${ROLEKEEPER_SAM_LOCAL_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/rolekeeper-sam-local}
 start=$(date +%s)
 
 skip() {
