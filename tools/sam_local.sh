@@ -57,7 +57,7 @@ echo "sam-local: sam build (x86_64) in $(( $(date +%s) - t )) s"
 
 # The network namespace ends with its last process: nothing started in it outlives this run.
 status=0
-unshare --net --fork -- "$python" -m tools.sam_local run --sam "$sam" --rootfs "$rootfs" \
+unshare --net --fork --kill-child=SIGTERM -- "$python" -m tools.sam_local run --sam "$sam" --rootfs "$rootfs" \
     --build-dir "$work/build" --cache "$cache" --work "$work" || status=$?
 echo "sam-local: done in $(( $(date +%s) - start )) s"
 exit $status
