@@ -633,8 +633,15 @@ def run_plan(invoker: Invoker, work: Path) -> list[Row]:
         event = prepared_event(step, plan, facts)
         event_file = work / "events" / step["event"]
         event_file.write_text(json.dumps(event, indent=2))
-        stdout, stderr, seconds = invoker.invoke(function, event_file)
         problems: list[str] = []
+        try:
+            stdout, stderr, seconds = invoker.invoke(function, event_file)
+        except subprocess.TimeoutExpired:
+            rows.append(
+                Row(step["event"], function, "-", INVOKE_TIMEOUT, [f"no answer in {INVOKE_TIMEOUT:.0f} s"])
+            )
+            print(f"sam-local: {step['event']}: sam local invoke timed out; stopping", flush=True)
+            break
         if function == "ProvisionerFunction":
             # The handler prints its response to the function's output (sam local shows it on
             # stderr); stdout is the function's return value.
