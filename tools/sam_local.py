@@ -609,6 +609,40 @@ class Row:
     problems: list[str]
 
 
+def check_provisioner_output(
+    plan: dict[str, Any],
+    step: dict[str, Any],
+    event: dict[str, Any],
+    stderr: str,
+    aws: Aws,
+    facts: dict[str, str],
+) -> tuple[str, list[str]]:
+    # The handler prints its response to the function's output (sam local shows it on stderr);
+    # stdout is the function's return value.
+    responses = [
+        o for o in json_objects(stderr)
+        if isinstance(o, dict) and o.get("RequestId") == event["RequestId"] and "Status" in o
+    ]  # fmt: skip
+    if len(responses) != 1:
+        return "-", [f"{len(responses)} CloudFormation responses printed, want exactly 1"]
+    response = responses[0]
+    status = str(response["Status"])
+    if status != step["status"]:
+        return status, [f"Status {status} ({response.get('Reason')}), want {step['status']}"]
+    if status == "SUCCESS":
+        return status, check_request(plan, event, response, aws, facts)
+    return status, []
+
+
+def check_healer_output(
+    step: dict[str, Any], stdout: str, before: dict[str, Any], damaged: dict[str, Any], after: dict[str, Any]
+) -> tuple[str, list[str]]:
+    results = [o for o in json_objects(stdout) if isinstance(o, dict) and "outcome" in o]
+    if not results:
+        return "-", ["the healer returned no result"]
+    return str(results[-1]["outcome"]), check_heal(step, results[-1], before, damaged, after)
+
+
 def run_plan(invoker: Invoker, work: Path) -> list[Row]:
     import boto3
 
@@ -633,7 +667,6 @@ def run_plan(invoker: Invoker, work: Path) -> list[Row]:
         event = prepared_event(step, plan, facts)
         event_file = work / "events" / step["event"]
         event_file.write_text(json.dumps(event, indent=2))
-        problems: list[str] = []
         try:
             stdout, stderr, seconds = invoker.invoke(function, event_file)
         except subprocess.TimeoutExpired:
@@ -643,32 +676,12 @@ def run_plan(invoker: Invoker, work: Path) -> list[Row]:
             print(f"sam-local: {step['event']}: sam local invoke timed out; stopping", flush=True)
             break
         if function == "ProvisionerFunction":
-            # The handler prints its response to the function's output (sam local shows it on
-            # stderr); stdout is the function's return value.
-            responses = [
-                o for o in json_objects(stderr)
-                if isinstance(o, dict) and o.get("RequestId") == event["RequestId"] and "Status" in o
-            ]  # fmt: skip
-            if len(responses) != 1:
-                problems.append(f"{len(responses)} CloudFormation responses printed, want exactly 1")
-                status = "-"
-            else:
-                response = responses[0]
-                status = response["Status"]
-                if status != step["status"]:
-                    problems.append(f"Status {status} ({response.get('Reason')}), want {step['status']}")
-                elif status == "SUCCESS":
-                    problems += check_request(plan, event, response, aws, facts)
+            status, problems = check_provisioner_output(plan, step, event, stderr, aws, facts)
         else:
-            results = [o for o in json_objects(stdout) if isinstance(o, dict) and "outcome" in o]
-            if not results:
-                problems.append("the healer returned no result")
-                status = "-"
-            else:
-                status = str(results[-1]["outcome"])
-                after = aws.snapshot(facts.get("key_arn"))
-                assert before is not None and damaged is not None
-                problems += check_heal(step, results[-1], before, damaged, after)
+            assert before is not None and damaged is not None
+            status, problems = check_healer_output(
+                step, stdout, before, damaged, aws.snapshot(facts.get("key_arn"))
+            )
         rows.append(Row(step["event"], function, status, seconds, problems))
         mark = "ok" if not problems else "FAILED: " + "; ".join(problems)
         print(
