@@ -36,24 +36,27 @@ if ((${#missing[@]})); then
     command -v apt-get >/dev/null || skip "needs ${missing[*]} and there is no apt-get"
     echo "sam-local: apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    timeout 600 apt-get update -qq >/dev/null
+    timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # dockerd's own containerd and runc come with docker.io; iptables too.
 for tool in dockerd docker containerd runc iptables; do
     command -v "$tool" >/dev/null || skip "$tool not found after installing docker.io"
 done
 
+# The base image (mostly downloads) and sam build at the same time.
+mkdir -p "$work"
 t=$(date +%s)
-rootfs=$(bash tools/lambda_image.sh "$cache")
-echo "sam-local: base image root file system $rootfs ($(( $(date +%s) - t )) s)"
-
-t=$(date +%s)
+timeout 900 bash tools/lambda_image.sh "$cache" >"$work/rootfs.path" 2>"$work/image.log" &
+image_pid=$!
 "$python" -m tools.sam_local template "$work/template.yaml"
-PATH="${py313_dir:+$py313_dir:}$PATH" "$sam" build --template "$work/template.yaml" --base-dir . \
+PATH="${py313_dir:+$py313_dir:}$PATH" timeout 900 "$sam" build --template "$work/template.yaml" --base-dir . \
     --build-dir "$work/build" --cache-dir "$work/build-cache" --cached >"$work/build.log" 2>&1 \
-    || { tail -n 40 "$work/build.log"; exit 1; }
+    || { tail -n 40 "$work/build.log"; kill "$image_pid" 2>/dev/null; exit 1; }
 echo "sam-local: sam build (x86_64) in $(( $(date +%s) - t )) s"
+wait "$image_pid" || { cat "$work/image.log"; exit 1; }
+rootfs=$(cat "$work/rootfs.path")
+echo "sam-local: base image root file system $rootfs (ready $(( $(date +%s) - t )) s after the start of both)"
 
 # The network namespace ends with its last process: nothing started in it outlives this run.
 status=0
