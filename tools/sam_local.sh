@@ -59,8 +59,18 @@ rootfs=$(cat "$work/rootfs.path")
 echo "sam-local: base image root file system $rootfs (ready $(( $(date +%s) - t )) s after the start of both)"
 
 # The network namespace ends with its last process: nothing started in it outlives this run.
+# unshare holds SIGTERM and SIGINT while it waits, so they are passed on to the runner (its only
+# child), which stops what it started and exits.
 status=0
 unshare --net --fork --kill-child=SIGTERM -- "$python" -m tools.sam_local run --sam "$sam" --rootfs "$rootfs" \
-    --build-dir "$work/build" --cache "$cache" --work "$work" || status=$?
+    --build-dir "$work/build" --cache "$cache" --work "$work" &
+ns_pid=$!
+trap 'pkill -TERM -P "$ns_pid" 2>/dev/null || true' TERM INT HUP
+wait "$ns_pid" || status=$?
+while kill -0 "$ns_pid" 2>/dev/null; do  # a signal ended the first wait: the runner is cleaning up
+    status=0
+    wait "$ns_pid" || status=$?
+done
+trap - TERM INT HUP
 echo "sam-local: done in $(( $(date +%s) - start )) s"
 exit $status
