@@ -16,7 +16,7 @@ PACKAGED := dist/rolekeeper-$(VERSION).template.json
 PY313 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin))
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: dev tools test lint format build package demo bench clean
+.PHONY: dev tools test lint format build package demo bench clean sam-local
 
 dev: $(VENV)/.installed
 
@@ -67,6 +67,11 @@ demo: dev
 
 bench: dev
 	$(PY) -m tools.bench
+
+# Every file in events/ through `sam local invoke` in a Lambda-like container (README, "Try it in a
+# container"). Skips, saying why, where containers cannot run.
+sam-local: dev $(SAM)
+	bash tools/sam_local.sh $(SAM) $(PY) $(PY313)
 
 clean:
 	rm -rf .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis dist
