@@ -653,9 +653,11 @@ def run_plan(invoker: Invoker, work: Path) -> list[Row]:
     (work / "events").mkdir(parents=True, exist_ok=True)
     for step in plan["step"]:
         if step["event"].startswith("grant-") and "key_arn" not in facts:
-            facts["key_arn"] = boto3.client("kms").create_key(Description="sam-local AMI key")["KeyMetadata"][
-                "Arn"
-            ]
+            # The key opts in to Custom::SpotFleetKmsGrant (README), as an operator's key would.
+            facts["key_arn"] = boto3.client("kms").create_key(
+                Description="sam-local AMI key",
+                Tags=[{"TagKey": "rolekeeper:spot-fleet-grants", "TagValue": "allow"}],
+            )["KeyMetadata"]["Arn"]
         refresh_grant_facts(aws, facts)
         raw = json.loads((EVENTS / step["event"]).read_text())
         function = function_for(raw)
