@@ -402,16 +402,19 @@ class Provisioner:
 
     def _delete_role(self, request: Request, name: str, physical_id: str) -> None:
         key = role_key(name)
-        # Delete acts on the claim as stored (OnDelete as last confirmed), never on the request's
-        # properties, and only for the physical id rolekeeper answered (the role's exact ARN).
-        claim = self.registry.get_claim(key, request.stack_id, request.logical_id)
-        known = self.registry.get(key) if claim is not None else None
+        # One consistent read: the object and every claim. Delete acts on this resource's claim as
+        # stored (OnDelete as last confirmed), never on the request's properties, and only for the
+        # physical id rolekeeper answered (the role's exact ARN).
+        known = self.registry.get(key)
+        claim = next((c for c in known.claims if c.sk == request.claim_sk), None) if known else None
         if known is not None and known.attrs.get("arn") not in (None, physical_id):
             logger.info("physical id is not the role's ARN; nothing to delete", physical_id=physical_id)
             return
         if claim is None or not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to delete", role_name=name)
             return
+        assert known is not None  # the claim came from it
+        others = [c for c in known.claims if c.sk != claim.sk]
         record = None
         try:
             if claim.on_delete == "Delete":
@@ -419,7 +422,10 @@ class Provisioner:
                 if record is not None:
                     self._delete_object(name, record)
                     return
-            self._prune_after_release(key, name)
+            if known.kind == "role" and others:
+                self._prune_after_release(key, name)
+            else:
+                logger.info("claim released; role retained", role_name=name)
         except Exception:
             # Put the claim (and the record) back so CloudFormation's retry of this Delete finishes it.
             if record is not None:
@@ -468,12 +474,12 @@ class Provisioner:
 
     def _delete_grant(self, request: Request, physical_id: str) -> None:
         key = grant_key(physical_id)
-        claim = self.registry.get_claim(key, request.stack_id, request.logical_id)
+        record = self.registry.get(key)
+        claim = next((c for c in record.claims if c.sk == request.claim_sk), None) if record else None
         if claim is None or not self.registry.release(key, request.stack_id, request.logical_id):
             logger.info("no claim held by this resource; nothing to revoke", physical_id=physical_id)
             return
         try:
-            record = self.registry.get(key)
             key_arn, original = physical_id.rsplit("#", 1)
             current = record.attrs.get("grant_id", original) if record else original
             for grant_id in dict.fromkeys((current, original)):

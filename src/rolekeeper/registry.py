@@ -251,16 +251,6 @@ class Registry:
             if aws.error_code(error) != "ConditionalCheckFailedException":
                 raise
 
-    def get_claim(self, key: str, stack_id: str, logical_id: str) -> Claim | None:
-        """The claim as stored (its OnDelete and Heal as last confirmed, and its wants)."""
-        found = aws.dynamodb().get_item(
-            TableName=self.table,
-            Key={"pk": _s(key), "sk": _s(Claim(stack_id, logical_id).sk)},
-            ConsistentRead=True,
-        )
-        item = found.get("Item")
-        return _claim(item) if item else None
-
     # Claims and the object's claim_count change together in one transaction, so concurrent stacks
     # never lose a claim and exactly one Delete sees the count reach zero.
     def claim(self, key: str, claim: Claim) -> None:
