@@ -1,6 +1,6 @@
 """What the AWS documentation asks for, as data: service-linked roles and role blueprints.
 
-Sources: shared/seeds (AWS Batch "Amazon EC2 Spot Fleet Role", EC2 "Spot Fleet permissions",
+Sources: the AWS documentation pages (AWS Batch "Amazon EC2 Spot Fleet Role", EC2 "Spot Fleet permissions",
 Batch "Amazon ECS instance role", Batch "AWS Batch service IAM role", Auto Scaling "IAM role for
 applications that run on Amazon EC2 instances").
 """

@@ -629,7 +629,7 @@ def test_unknown_resource_types_are_refused_and_create_nothing(corpus, case):
     ],
 )
 def test_property_names_are_exact_not_python_field_names(corpus, base, name, value):
-    """Property names are the contract's (DESIGN.md), case and all: `heal` or `role_name` is an
+    """Property names are the README's, case and all: `heal` or `role_name` is an
     unknown property, not another spelling of Heal or RoleName."""
     resource_type, valid = BASES[base]
     props = {k: v for k, v in copy.deepcopy(valid).items() if k.lower() != name.replace("_", "")}

@@ -138,7 +138,7 @@ def assert_nothing_created() -> None:
 def assert_documented_role(
     response: dict[str, Any], name: str, principal: str, policy: str, profile: bool
 ) -> None:
-    """The response and IAM agree with the blueprint table in DESIGN.md."""
+    """The response and IAM agree with the blueprint table in the README."""
     assert response["Status"] == "SUCCESS", response["Reason"]
     role = get_role(name)
     assert role is not None

@@ -1,4 +1,4 @@
-"""template.yaml keeps the contract in shared/DESIGN.md and the least-privilege promises."""
+"""template.yaml keeps the documented contract (README) and the least-privilege promises."""
 
 from __future__ import annotations
 
