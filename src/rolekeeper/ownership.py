@@ -73,10 +73,14 @@ def created_role_id(record: Record | None) -> str | None:
     return record.attrs.get("created_role_id") or record.attrs.get("role_id")
 
 
+def owns(role: dict[str, Any], known_role_id: str | None) -> bool:
+    """Whether this role (as IAM returns it) is the one rolekeeper created: it carries the marker
+    tag, or it is the RoleId rolekeeper recorded when it created it."""
+    return is_marked(role) or (known_role_id is not None and role.get("RoleId") == known_role_id)
+
+
 def is_ours(record: Record | None, role: dict[str, Any]) -> bool:
-    """Whether this role (as IAM returns it) is the one rolekeeper created."""
-    known = created_role_id(record)
-    return is_marked(role) or (known is not None and role.get("RoleId") == known)
+    return owns(role, created_role_id(record))
 
 
 def added_of(record: Record | None) -> set[str]:

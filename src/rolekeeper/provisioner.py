@@ -281,20 +281,17 @@ class Provisioner:
     ) -> tuple[GrantSpec, dict[str, Any]]:
         scope = request.scope
         key = kms.describe_key(props.key_id)
-        if (
-            KMS_OPT_IN_TAG_KEY not in (tags := kms.key_tags(key["Arn"]))
-            or tags[KMS_OPT_IN_TAG_KEY] != KMS_OPT_IN_TAG_VALUE
-        ):
-            raise InvalidRequest(
-                f"KeyId {props.key_id} has not opted in: tag the key {KMS_OPT_IN_TAG_KEY}={KMS_OPT_IN_TAG_VALUE} "
-                "(rolekeeper may grant on such keys only)"
-            )
         if key.get("KeyManager") != "CUSTOMER":
             raise InvalidRequest(
                 f"KeyId {props.key_id} is an AWS managed key; grants need a customer managed key"
             )
         if key.get("KeyState") in ("PendingDeletion", "PendingReplicaDeletion", "Unavailable"):
             raise InvalidRequest(f"KeyId {props.key_id} is {key['KeyState']}")
+        if kms.key_tags(key["Arn"]).get(KMS_OPT_IN_TAG_KEY) != KMS_OPT_IN_TAG_VALUE:
+            raise InvalidRequest(
+                f"KeyId {props.key_id} has not opted in: tag the key {KMS_OPT_IN_TAG_KEY}={KMS_OPT_IN_TAG_VALUE} "
+                "(rolekeeper may grant on such keys only)"
+            )
         grantee = iam.get_role(SPOT_FLEET_ROLE_NAME)
         if grantee is None:
             raise InvalidRequest(
@@ -385,7 +382,8 @@ class Provisioner:
 
     @staticmethod
     def object_of(physical_id: str | None) -> str | None:
-        """The registry key of the object a physical id names (None: not one of rolekeeper's)."""
+        """The registry key of the object a physical id names; an id rolekeeper never produces
+        stands for itself."""
         if physical_id and (match := ROLE_ARN.fullmatch(physical_id)):
             return role_key(match.group(4))
         if physical_id and GRANT_PHYSICAL_ID.fullmatch(physical_id):
@@ -395,10 +393,7 @@ class Provisioner:
     def acts_on(self, request: Request) -> bool:
         """Whether the request may change anything (a Delete of an id rolekeeper never produced
         touches nothing, so it needs no confirmation)."""
-        if request.request_type != "Delete":
-            return True
-        physical_id = request.physical_id or ""
-        return bool(ROLE_ARN.fullmatch(physical_id) or GRANT_PHYSICAL_ID.fullmatch(physical_id))
+        return request.request_type != "Delete" or self.object_of(request.physical_id) != request.physical_id
 
     def _delete_role(self, request: Request, name: str, physical_id: str) -> None:
         key = role_key(name)
@@ -481,7 +476,7 @@ class Provisioner:
             return
         try:
             key_arn, original = physical_id.rsplit("#", 1)
-            current = record.attrs.get("grant_id", original) if record else original
+            current = record.attrs.get("grant_id", original) if record is not None else original
             for grant_id in dict.fromkeys((current, original)):
                 # KMS's Name idempotency can hand the same grant to a new physical id (an Update
                 # that changed only Heal, after a heal re-issued it): a grant another record

@@ -272,7 +272,7 @@ def converge_role(
             return outcome
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
-    if ownership.is_marked(role) or (created_role_id is not None and role.get("RoleId") == created_role_id):
+    if ownership.owns(role, created_role_id):
         return _complete(
             spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=True, healing=healing
         )
@@ -363,8 +363,7 @@ def _complete(
         if profile.get("changed"):
             changes.append("instance profile")
     if prune:
-        tag_keys = {t["Key"].lower(): t["Key"] for t in role.get("Tags", [])}
-        _take_away(spec, ownership.removable(added, spec), outcome, attached, current_boundary, tag_keys)
+        _take_away(spec, role, ownership.removable(added, spec), outcome, attached)
     return outcome
 
 
@@ -376,9 +375,7 @@ def prune_role(spec: RoleSpec, *, added: Iterable[str], created_role_id: str | N
     role = iam.get_role(spec.name)
     if role is None:
         return None
-    ours = ownership.is_marked(role) or (
-        created_role_id is not None and role.get("RoleId") == created_role_id
-    )
+    ours = ownership.owns(role, created_role_id)
     outcome = RoleOutcome(
         name=spec.name, arn=role["Arn"], role_id=role["RoleId"], created=False, changes=[], ours=ours
     )
@@ -386,24 +383,20 @@ def prune_role(spec: RoleSpec, *, added: Iterable[str], created_role_id: str | N
     if not ours:  # on an adopted role rolekeeper only ever added policies and the profile
         pieces = {p for p in pieces if p == ownership.PROFILE or p.startswith("policy:")}
     attached = iam.attached_policies(spec.name) if any(p.startswith("policy:") for p in pieces) else set()
-    boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
-    tag_keys = {t["Key"].lower(): t["Key"] for t in role.get("Tags", [])}
-    _take_away(spec, pieces, outcome, attached, boundary, tag_keys)
+    _take_away(spec, role, pieces, outcome, attached)
     return outcome
 
 
 def _take_away(
-    spec: RoleSpec,
-    pieces: set[str],
-    outcome: RoleOutcome,
-    attached: set[str],
-    current_boundary: str | None,
-    tag_keys: dict[str, str],
+    spec: RoleSpec, role: dict[str, Any], pieces: set[str], outcome: RoleOutcome, attached: set[str]
 ) -> None:
-    """Remove pieces rolekeeper added that no claim wants any more (and only those)."""
+    """Remove pieces rolekeeper added that no claim wants any more (and only those). role is as
+    IAM returned it before this call changed anything; attached, its policies."""
     from rolekeeper import ownership
 
     name = spec.name
+    current_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+    tag_keys = {t["Key"].lower(): t["Key"] for t in role.get("Tags", [])}
     for piece in sorted(pieces):
         kind, _, value = piece.partition(":")
         if kind == "policy" and value in attached:

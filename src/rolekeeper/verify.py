@@ -31,14 +31,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from rolekeeper import aws
 from rolekeeper.catalog import Scope
 from rolekeeper.errors import RolekeeperError
-
-logger = Logger(child=True)
 
 STACK_ARN = re.compile(
     r"^arn:(aws[a-z-]*):cloudformation:([a-z0-9-]+):(\d{12}):stack/([A-Za-z][A-Za-z0-9-]{0,127})/[A-Za-z0-9-]+$"

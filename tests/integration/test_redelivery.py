@@ -72,3 +72,13 @@ def test_a_registry_that_cannot_be_read_does_not_cost_the_request_its_response(a
     monkeypatch.setattr(Registry, "begin_request", broken)
     response = stack.send("slr-create.json")
     assert response["Status"] == "SUCCESS", response["Reason"]
+
+
+def test_a_refused_direct_invoke_does_not_make_cloudformations_request_look_answered(aws, stack):
+    # Someone invokes the function with a RequestId (CloudFormation never made this request): it is
+    # refused, and CloudFormation's own request carrying that id is still answered and acts.
+    forged = stack.send("role-ecs-instance-create.json", RequestId="shared-request-id", confirmed=False)
+    assert forged["Status"] == "FAILED"
+    real = stack.send("role-ecs-instance-create.json", RequestId="shared-request-id")
+    assert real["Status"] == "SUCCESS", real["Reason"]
+    assert get_role("ecsInstanceRole") is not None

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 helper = CustomResource()
-noted: list[str] = []  # the RequestId this invocation noted in the registry (see _first_delivery)
+noted: list[str] = []  # the confirmed RequestId this invocation answers (see _first_delivery)
 
 
 @cache
@@ -47,7 +47,6 @@ def _run(action: str, event: dict[str, Any], context: Any) -> str:
         request = _request(event, context)
         if action != "delete":
             provisioner().validate(request)  # bad input fails before any AWS call
-        noted.append(event["RequestId"])
         if not _first_delivery(event["RequestId"]):
             logger.warning("request answered before (a redelivery); no second response")
             metrics.add_metric(name="RequestRedelivered", unit="Count", value=1)
@@ -62,6 +61,9 @@ def _run(action: str, event: dict[str, Any], context: Any) -> str:
                 request.physical_id,
                 provisioner().object_of,
             )
+        # Recorded as answered only once confirmed: a direct invoke naming some RequestId must
+        # not make CloudFormation's own request with that id look like a redelivery.
+        noted.append(event["RequestId"])
         response = provisioner().delete(request) if action == "delete" else provisioner().converge(request)
     except RolekeeperError as error:
         logger.warning("request refused", reason=str(error))
