@@ -41,6 +41,15 @@ OWNER_TRUST = {
 }
 
 
+def owner_boundary(action: str) -> None:
+    """The owner's permissions boundary policy (APP_BOUNDARY), allowing one service's actions."""
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": action, "Resource": "*"}],
+    }
+    iam().create_policy(PolicyName="app-boundary", PolicyDocument=json.dumps(document))
+
+
 def hand_made(name: str, *, trust: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """A role someone made outside rolekeeper."""
     iam().create_role(
@@ -72,12 +81,7 @@ def claims(name: str) -> list[Any]:
 @pytest.fixture
 def payments(aws) -> dict[str, Any]:
     """Case 1's role: app-payments, hand-made, with its owner's boundary, tag, trust condition and policy."""
-    iam().create_policy(
-        PolicyName="app-boundary",
-        PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-        ),
-    )
+    owner_boundary("s3:*")
     hand_made(
         "app-payments",
         trust=OWNER_TRUST,
@@ -121,12 +125,7 @@ def test_ec2_application_on_a_hand_made_role_is_refused_even_without_changes(pay
 @pytest.fixture
 def owned_ecs(aws) -> dict[str, Any]:
     """ecsInstanceRole made by its owner: a trust condition, a boundary and a tag of theirs."""
-    iam().create_policy(
-        PolicyName="app-boundary",
-        PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecs:*", "Resource": "*"}]}
-        ),
-    )
+    owner_boundary("ecs:*")
     hand_made(
         "ecsInstanceRole",
         trust=OWNER_TRUST,
@@ -610,12 +609,7 @@ def owned_ecs_later(aws, stack, monkeypatch) -> tuple[dict[str, Any], str]:
     )
     client.detach_role_policy(RoleName="ecsInstanceRole", PolicyArn=ECS_INSTANCE_POLICY)
     client.delete_role(RoleName="ecsInstanceRole")
-    client.create_policy(
-        PolicyName="app-boundary",
-        PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecs:*", "Resource": "*"}]}
-        ),
-    )
+    owner_boundary("ecs:*")
     role = hand_made("ecsInstanceRole", trust=OWNER_TRUST, PermissionsBoundary=APP_BOUNDARY)
     return created, role["RoleId"]
 
