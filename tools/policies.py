@@ -38,14 +38,17 @@ class Tagged:
         self.tag, self.value = tag, value
 
 
-def _construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
+def construct_node(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """The value under a CloudFormation short-form tag (!Ref, !Sub, ...), whatever its node kind."""
     if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return Tagged(suffix, value)
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+
+
+def _construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
+    return Tagged(suffix, construct_node(loader, node))
 
 
 class Loader(yaml.SafeLoader):
