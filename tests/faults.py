@@ -77,7 +77,7 @@ SERVICE = {
     ),
     **dict.fromkeys(("DescribeKey", "CreateGrant", "ListGrants", "RevokeGrant"), "kms"),
     **dict.fromkeys(
-        ("UpdateItem", "PutItem", "DeleteItem", "Query", "Scan", "TransactWriteItems"), "dynamodb"
+        ("UpdateItem", "DeleteItem", "Query", "Scan", "TransactWriteItems"), "dynamodb"
     ),
 }
 

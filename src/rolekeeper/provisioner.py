@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -21,7 +24,8 @@ from rolekeeper.catalog import (
     fixed_blueprint,
 )
 from rolekeeper.config import Settings
-from rolekeeper.errors import InvalidRequest
+from rolekeeper.errors import InvalidRequest, RolekeeperError
+from rolekeeper.grants import reissue_stale_grants
 from rolekeeper.models import (
     ServiceLinkedRoleProperties,
     ServiceRoleProperties,
@@ -40,12 +44,33 @@ from rolekeeper.reconcile import (
     role_attrs,
     undo_created_role,
 )
-from rolekeeper.registry import Claim, ObjectGone, Record, Registry, grant_key, role_key
+from rolekeeper.registry import (
+    Changed,
+    Claim,
+    HealInProgress,
+    ObjectGone,
+    Record,
+    Registry,
+    grant_key,
+    role_key,
+)
 
 logger = Logger(child=True)
 
 ROLE_ARN = re.compile(r"^arn:(aws[a-z-]*):iam::(\d{12}):role(/(?:[\x21-\x7E]*/)?)([A-Za-z0-9_+=,.@-]{1,64})$")
 GRANT_PHYSICAL_ID = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+#[A-Za-z0-9]{1,128}$")
+
+# A request that finds its object changed by another writer reads it again and converges again,
+# this many times at most.
+COMMIT_ATTEMPTS = 4
+# Waiting for another request's deletion of the object (seconds between looks; about 15 s in all).
+SETTLE_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# A last Delete waits this long for a heal under way to finish before deleting the object.
+HEAL_WAIT_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
+# A deletion taken this long ago whose role still exists was abandoned (the provisioner's timeout
+# is far shorter).
+DELETING_STALE_SECONDS = 900
+sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,13 @@ class Request:
     physical_id: str | None = None
     # Where the function runs (from its own ARN); the StackId was checked against it.
     identity: Scope | None = None
+    request_id: str = ""
+
+    @property
+    def token(self) -> str:
+        """Who takes an object for deletion: the same request (a redelivery, or an attempt whose
+        answer was lost) is the same writer."""
+        return self.request_id or uuid.uuid4().hex
 
     @property
     def scope(self) -> Scope:
@@ -73,6 +105,11 @@ class Request:
 class Response:
     physical_id: str
     data: dict[str, str] = field(default_factory=dict)
+    # For abandon(): the registry key, this resource's claim as it was before the request, and
+    # whether the request itself created the object.
+    key: str | None = None
+    previous: Claim | None = None
+    made: bool = False
 
 
 def _flag(value: bool) -> str:
@@ -128,18 +165,28 @@ class Provisioner:
 
     def _linked_role(self, request: Request, props: ServiceLinkedRoleProperties) -> Response:
         spec = self.linked_role_spec(props)
-        outcome = converge_linked_role(spec)
         claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
-        created = self._record(
-            role_key(outcome.name),
+        name = spec.role_name
+        outcome, created, read, made = self._converge_object(
+            request,
+            role_key(name),
             "slr",
-            spec.to_dict(),
-            outcome,
+            name,
+            lambda _record: (spec.to_dict(), converge_linked_role(spec)),
             claim,
-            rollback=lambda: iam.delete_service_linked_role(outcome.name),
+            undo=lambda: iam.delete_service_linked_role(name),
         )
+        if name == SPOT_FLEET_ROLE_NAME:
+            # Recreated outside rolekeeper (a new unique id): grants made for the old one are stale.
+            outcome.changes += reissue_stale_grants(self.registry, name)
         logger.info("service-linked role converged", role_name=outcome.name, changes=outcome.changes)
-        return Response(outcome.arn, _role_data(outcome, created))
+        return Response(
+            outcome.arn,
+            _role_data(outcome, created),
+            key=role_key(name),
+            previous=read.claim_of(claim.sk) if read else None,
+            made=made,
+        )
 
     def role_spec(self, props: ServiceRoleProperties, scope: Scope) -> RoleSpec:
         blueprint = BLUEPRINTS[props.blueprint]
@@ -220,61 +267,164 @@ class Provisioner:
     def _service_role(self, request: Request, props: ServiceRoleProperties) -> Response:
         spec = self.role_spec(props, request.scope)
         key = role_key(spec.name)
-        record = self.registry.get(key)
-        others = ownership.other_wants(record, request.claim_sk)
-        if problem := ownership.conflict(spec, others):
-            raise InvalidRequest(problem)
-        desired = ownership.union([spec, *others])
-        outcome = converge_role(
-            desired,
-            added=ownership.added_of(record),
-            created_role_id=ownership.created_role_id(record),
-            adoption_refusal=lambda role: ownership.adoption_refusal(
-                spec, role, props.confused_deputy_protection
-            ),
-            prune=request.request_type == "Update",
-        )
         claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
-        created = self._record(
-            key,
-            "role",
-            desired.to_dict(),
-            outcome,
-            claim,
-            rollback=lambda: undo_created_role(spec.name, profile_created="profile" in outcome.made),
+
+        def attempt(record: Record | None) -> tuple[dict[str, Any], RoleOutcome]:
+            others = ownership.other_wants(record, request.claim_sk)
+            if problem := ownership.conflict(spec, others):
+                raise InvalidRequest(problem)
+            desired = ownership.union([spec, *others])
+            outcome = converge_role(
+                desired,
+                added=ownership.added_of(record),
+                created_role_id=ownership.created_role_id(record),
+                adoption_refusal=lambda role: ownership.adoption_refusal(
+                    spec, role, props.confused_deputy_protection
+                ),
+                prune=request.request_type == "Update",
+            )
+            return desired.to_dict(), outcome
+
+        profiles: set[str] = set()
+
+        def undo() -> None:
+            undo_created_role(spec.name, profile_created=bool(profiles))
+
+        def attempt_noting_profile(record: Record | None) -> tuple[dict[str, Any], RoleOutcome]:
+            desired, outcome = attempt(record)
+            if "profile" in outcome.made:
+                profiles.add(spec.name)
+            return desired, outcome
+
+        outcome, created, read, made = self._converge_object(
+            request, key, "role", spec.name, attempt_noting_profile, claim, undo=undo
         )
         self.registry.taken_away(key, outcome.removed)
         logger.info("service role converged", role_name=spec.name, changes=outcome.changes)
-        return Response(outcome.arn, _role_data(outcome, created))
+        return Response(
+            outcome.arn,
+            _role_data(outcome, created),
+            key=key,
+            previous=read.claim_of(claim.sk) if read else None,
+            made=made,
+        )
 
-    def _record(
-        self, key: str, kind: str, desired: dict[str, Any], outcome: RoleOutcome, claim: Claim, rollback: Any
-    ) -> bool:
-        try:
-            created = self.registry.record(
-                key,
-                kind,
-                desired,
-                created_now=outcome.created or outcome.ours,
-                attrs=role_attrs(outcome),
-                added=outcome.added,
-            )
-            self.registry.claim(key, claim)
-        except Exception:
-            if outcome.created:
-                logger.warning(
-                    "registry write failed; removing the role this request created", role_name=outcome.name
+    def _converge_object(
+        self,
+        request: Request,
+        key: str,
+        kind: str,
+        name: str,
+        attempt: Callable[[Record | None], tuple[dict[str, Any], RoleOutcome]],
+        claim: Claim,
+        *,
+        undo: Callable[[], str | bool | None],
+    ) -> tuple[RoleOutcome, bool, Record | None, bool]:
+        """Read the object, converge it, and write the object with this claim at the version that
+        was read; when another writer changed it meanwhile, read and converge again (bounded).
+        Returns the outcome, whether rolekeeper created the object (ever), the record as first
+        read, and whether this request created the AWS object."""
+        made = False
+        first: Record | None = None
+        for number in range(COMMIT_ATTEMPTS):
+            record = self._settled(key, name)
+            if number == 0:
+                first = record
+            desired, outcome = attempt(record)
+            made = made or outcome.created
+            try:
+                created = self.registry.commit(
+                    key,
+                    kind,
+                    desired,
+                    read=record,
+                    created_now=outcome.created or outcome.ours,
+                    attrs=role_attrs(outcome),
+                    added=outcome.added,
+                    claim=claim,
                 )
-                try:
-                    rollback()
-                except Exception:
-                    logger.exception("could not remove the role this request created", role_name=outcome.name)
-                try:  # and the record that says rolekeeper created it, or a later adopter could delete theirs
-                    self.registry.forget(key)
-                except Exception:
-                    logger.exception("could not remove the registry record", key=key)
-            raise
-        return created
+            except Changed:
+                logger.info("object changed by another writer; reading it again", key=key, attempt=number + 1)
+                sleep(0.2 * (number + 1))
+                continue
+            except Exception:
+                if made:
+                    self._roll_back(request, key, name, undo)
+                raise
+            return outcome, created, first, made
+        if made:
+            self._roll_back(request, key, name, undo)
+        raise RolekeeperError(
+            f"{name} kept changing under concurrent requests ({COMMIT_ATTEMPTS} attempts); retry the stack operation"
+        )
+
+    def _settled(self, key: str, name: str) -> Record | None:
+        """The object as registered once no deletion is under way: a last Delete elsewhere is
+        waited for (bounded), and a service-linked role's finished deletion task is cleared."""
+        for delay in (*SETTLE_DELAYS, None):
+            record = self.registry.get(key)
+            if record is None or not record.deleting:
+                return record
+            if self._settle(record, name):
+                continue
+            if delay is None:
+                break
+            sleep(delay)
+        raise RolekeeperError(
+            f"{name} is being deleted by another stack's request; retry the stack operation in a few minutes"
+        )
+
+    def _settle(self, record: Record, name: str) -> bool:
+        """Finish the registry's side of a deletion that is over; True if the record changed."""
+        if record.kind == "slr" and record.deletion_task_id:
+            status = _deletion_status(record.deletion_task_id)
+            if status == "SUCCEEDED":  # the role is gone: the next request creates it anew
+                return self.registry.drop(record)
+            if status == "FAILED":  # the role is in use and stays: present again
+                self.registry.abort_delete(record.key, record.deleting_by)
+                return True
+            return False
+        if record.kind == "role" and iam.get_role(name) is None:
+            # The role is deleted; its deleter's last step (removing the item) is missing.
+            return self.registry.drop(record)
+        if (
+            record.kind == "role"
+            and record.deleting_since
+            and time.time() - record.deleting_since > DELETING_STALE_SECONDS
+        ):
+            # Its deleter died before deleting the role (it would have finished within its own
+            # timeout): the role is present again, unclaimed.
+            self.registry.abort_delete(record.key, record.deleting_by)
+            return True
+        return False
+
+    def _roll_back(
+        self, request: Request, key: str, name: str, undo: Callable[[], str | bool | None]
+    ) -> None:
+        """Remove the AWS object this request created, unless a claim now holds it (another stack
+        adopted it meanwhile): the deletion is taken in the registry first, like a last Delete."""
+        token = f"rollback:{request.token}"
+        try:
+            taken = self.registry.begin_delete(key, token, now=time.time(), absent_too=True)
+        except HealInProgress:
+            taken = None
+        except Exception:
+            logger.exception("could not take the object for rollback; left in place", role_name=name)
+            return
+        if taken is None:
+            logger.warning("object this request created is held by another claim; kept", role_name=name)
+            return
+        logger.warning("registry write failed; removing the object this request created", role_name=name)
+        task_id = None
+        try:
+            result = undo()
+            task_id = result if isinstance(result, str) else None
+        except Exception:
+            logger.exception("could not remove the object this request created", role_name=name)
+        try:
+            self.registry.finish_delete(key, token, task_id=task_id)
+        except Exception:
+            logger.exception("could not remove the registry record", key=key)
 
     def grant_spec(
         self, request: Request, props: SpotFleetKmsGrantProperties
@@ -324,26 +474,33 @@ class Provisioner:
         outcome = converge_grant(spec, grantee)
         physical_id = f"{spec.key_arn}#{outcome.grant_id}"
         key = grant_key(physical_id)
+        claim = Claim(request.stack_id, request.logical_id, props.heal, "Delete", wants=spec.to_dict())
+        attrs = {
+            "key_arn": spec.key_arn,
+            "grant_id": outcome.grant_id,
+            "grant_name": outcome.name,
+            "grantee_arn": outcome.grantee_arn,
+            "grantee_role": spec.grantee_role_name.lower(),
+            "grantee_role_id": outcome.grantee_role_id,
+        }
         try:
-            self.registry.record(
-                key,
-                "grant",
-                spec.to_dict(),
-                created_now=True,
-                attrs={
-                    "key_arn": spec.key_arn,
-                    "grant_id": outcome.grant_id,
-                    "grant_name": outcome.name,
-                    "grantee_arn": outcome.grantee_arn,
-                    "grantee_role": spec.grantee_role_name.lower(),
-                    "grantee_role_id": outcome.grantee_role_id,
-                },
-            )
-            self.registry.claim(
-                key, Claim(request.stack_id, request.logical_id, props.heal, "Delete", wants=spec.to_dict())
-            )
+            for number in range(COMMIT_ATTEMPTS):
+                read = self.registry.get(key)
+                try:
+                    self.registry.commit(
+                        key, "grant", spec.to_dict(), read=read, created_now=True, attrs=attrs, claim=claim
+                    )
+                    break
+                except Changed:
+                    sleep(0.2 * (number + 1))
+            else:
+                raise RolekeeperError(
+                    f"grant {outcome.grant_id} kept changing under concurrent requests; retry"
+                )
         except Exception:
-            if physical_id != request.physical_id:
+            # Only a grant no record holds is this request's to take back (KMS's Name idempotency
+            # may have returned a grant another physical id still references).
+            if physical_id != request.physical_id and not self.registry.grants_by_id(outcome.grant_id):
                 kms.revoke_grant(spec.key_arn, outcome.grant_id)
             raise
         logger.info("grant converged", key_arn=spec.key_arn, grant_id=outcome.grant_id)
@@ -358,9 +515,24 @@ class Provisioner:
         )
 
     def abandon(self, request: Request, response: Response) -> None:
-        """Undo the claim of a request whose answer (FAILED at the deadline) already went out."""
-        if match := ROLE_ARN.fullmatch(response.physical_id):
-            self.registry.release(role_key(match.group(4)), request.stack_id, request.logical_id)
+        """Undo what a request whose answer (FAILED at the deadline) already went out did itself:
+        CloudFormation will not own it. An Update puts its claim back as it was and converges the
+        role to the claims' wants again; a Create releases its claim, and deletes the object only
+        if it created it and no other claim holds it."""
+        if response.key is not None and (match := ROLE_ARN.fullmatch(response.physical_id)):
+            name = match.group(4)
+            if response.previous is not None:
+                self.registry.claim(response.key, response.previous)
+                self._reconverge(response.key, name, restore=True)
+            else:
+                known = self.registry.get(response.key)
+                claim = known.claim_of(request.claim_sk) if known else None
+                if known is not None and claim is not None:
+                    self.registry.release(response.key, request.stack_id, request.logical_id)
+                    on_delete = "Delete" if response.made else "Retain"
+                    self._after_release(
+                        request, response.key, name, replace(claim, on_delete=on_delete), known
+                    )
         elif response.physical_id != request.physical_id and "#" in response.physical_id:
             self._delete_grant(request, response.physical_id)
         logger.warning("late result abandoned", physical_id=response.physical_id)
@@ -401,79 +573,114 @@ class Provisioner:
         # stored (OnDelete as last confirmed), never on the request's properties, and only for the
         # physical id rolekeeper answered (the role's exact ARN).
         known = self.registry.get(key)
-        claim = next((c for c in known.claims if c.sk == request.claim_sk), None) if known else None
+        claim = known.claim_of(request.claim_sk) if known else None
         if known is not None and known.attrs.get("arn") not in (None, physical_id):
             logger.info("physical id is not the role's ARN; nothing to delete", physical_id=physical_id)
             return
-        if claim is None or not self.registry.release(key, request.stack_id, request.logical_id):
+        if known is not None and known.deleting and claim is None:
+            self._settle(known, name)  # a retry after a Delete that failed at its very last step
+        if known is None or claim is None:
             logger.info("no claim held by this resource; nothing to delete", role_name=name)
             return
-        assert known is not None  # the claim came from it
-        others = [c for c in known.claims if c.sk != claim.sk]
-        record = None
+        # False: an earlier attempt of this request released it and its answer was lost. Go on
+        # either way: what follows is conditional on the registry, so it happens once.
+        self.registry.release(key, request.stack_id, request.logical_id)
+        self._after_release(request, key, name, claim, known)
+
+    def _after_release(self, request: Request, key: str, name: str, claim: Claim, known: Record) -> None:
+        """The claim is released: delete the object if the claim asked for it and it was the last
+        one (exactly one writer takes it for deletion), else take away what only it wanted."""
         try:
             if claim.on_delete == "Delete":
-                record = self.registry.forget_if_unclaimed(key)
+                token = request.token
+                record = self._take_for_deletion(key, name, token)
                 if record is not None:
-                    self._delete_object(name, record)
+                    try:
+                        task_id = self._delete_object(name, record)
+                    except Exception:
+                        self.registry.abort_delete(key, token)
+                        raise
+                    self.registry.finish_delete(key, token, task_id=task_id)
                     return
-            if known.kind == "role" and others:
-                self._prune_after_release(key, name)
+            if known.kind == "role" and any(c.sk != claim.sk for c in known.claims):
+                self._reconverge(key, name)
             else:
                 logger.info("claim released; role retained", role_name=name)
         except Exception:
-            # Put the claim (and the record) back so CloudFormation's retry of this Delete finishes it.
-            if record is not None:
-                self.registry.record(
-                    key,
-                    record.kind,
-                    record.desired,
-                    created_now=True,
-                    attrs=record.attrs,
-                    added=record.added or set(),
-                )
+            # Put the claim back so CloudFormation's retry of this Delete finishes it.
             self._restore(key, claim)
             raise
 
-    def _delete_object(self, name: str, record: Record) -> None:
+    def _take_for_deletion(self, key: str, name: str, token: str) -> Record | None:
+        for delay in (*HEAL_WAIT_DELAYS, None):
+            try:
+                return self.registry.begin_delete(key, token, now=time.time())
+            except HealInProgress:
+                if delay is None:
+                    break
+                logger.info("a heal of the object is under way; waiting for it", role_name=name)
+                sleep(delay)
+        raise RolekeeperError(f"{name} is being healed right now; retry the deletion in a minute")
+
+    def _delete_object(self, name: str, record: Record) -> str | None:
+        """Delete the AWS object; a service-linked role's deletion task id (IAM finishes it later)."""
         if record.kind == "slr":
             task_id = iam.delete_service_linked_role(name)
             logger.info("service-linked role deletion submitted", role_name=name, deletion_task_id=task_id)
-            return
+            return task_id
         role = iam.get_role(name)
         if role is not None and not ownership.is_ours(record, role):
             logger.warning("role was replaced by one rolekeeper did not create; left alone", role_name=name)
-            return
+            return None
         made_profile = ownership.PROFILE in ownership.added_of(record)
         iam.delete_role(name, name if made_profile else None)
         logger.info("role deleted", role_name=name)
+        return None
 
-    def _prune_after_release(self, key: str, name: str) -> None:
+    def _reconverge(self, key: str, name: str, *, restore: bool = False) -> None:
         """Other claims remain: take away what only the released claim wanted (and rolekeeper
-        added). With no claim left (OnDelete Retain, or a role rolekeeper did not create), the role
-        stays as it is."""
-        record = self.registry.get(key)
-        if record is None or record.kind != "role" or not record.claims:
-            logger.info("claim released; role retained", role_name=name)
+        added). restore: also put back what the claims want (an abandoned Update's late changes).
+        With no claim left (OnDelete Retain, or a role rolekeeper did not create), the role stays
+        as it is."""
+        for number in range(COMMIT_ATTEMPTS):
+            record = self.registry.get(key)
+            if record is None or record.kind != "role" or not record.claims or record.deleting:
+                logger.info("claim released; role retained", role_name=name)
+                return
+            desired = ownership.desired_of(record)
+            added, created_role_id = ownership.added_of(record), ownership.created_role_id(record)
+            outcome = (
+                converge_role(
+                    desired, added=added, created_role_id=created_role_id, prune=True, rollback=False
+                )
+                if restore
+                else prune_role(desired, added=added, created_role_id=created_role_id)
+            )
+            try:
+                self.registry.commit(
+                    key, "role", desired.to_dict(), read=record, created_now=False, attrs=record.attrs
+                )
+            except Changed:
+                sleep(0.2 * (number + 1))
+                continue
+            if outcome is not None:
+                self.registry.taken_away(key, outcome.removed)
+            logger.info(
+                "claim released; other claims remain",
+                role_name=name,
+                changes=outcome.changes if outcome else [],
+            )
             return
-        desired = ownership.desired_of(record)
-        outcome = prune_role(
-            desired, added=ownership.added_of(record), created_role_id=ownership.created_role_id(record)
-        )
-        self.registry.record(key, "role", desired.to_dict(), created_now=False, attrs=record.attrs)
-        if outcome is not None:
-            self.registry.taken_away(key, outcome.removed)
-        logger.info(
-            "claim released; other claims remain", role_name=name, changes=outcome.changes if outcome else []
-        )
+        logger.warning("role kept changing; the next request or the reconcile converges it", role_name=name)
 
     def _delete_grant(self, request: Request, physical_id: str) -> None:
         key = grant_key(physical_id)
         record = self.registry.get(key)
-        claim = next((c for c in record.claims if c.sk == request.claim_sk), None) if record else None
-        if claim is None or not self.registry.release(key, request.stack_id, request.logical_id):
+        claim = record.claim_of(request.claim_sk) if record else None
+        if claim is None:
             logger.info("no claim held by this resource; nothing to revoke", physical_id=physical_id)
             return
+        self.registry.release(key, request.stack_id, request.logical_id)  # False: released before
         try:
             key_arn, original = physical_id.rsplit("#", 1)
             current = record.attrs.get("grant_id", original) if record is not None else original
@@ -498,3 +705,15 @@ class Provisioner:
             self.registry.claim(key, claim)
         except ObjectGone:
             logger.info("object already forgotten; claim not restored", key=key)
+
+
+def _deletion_status(task_id: str) -> str:
+    """A deletion task's status; a task IAM no longer knows finished long ago."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return iam.deletion_status(task_id)[0]
+    except ClientError as error:
+        if iam.not_found(error):
+            return "SUCCEEDED"
+        raise

@@ -7,8 +7,10 @@ other; object items are written with update expressions, never read-modify-write
 from __future__ import annotations
 
 import json
+import random
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +50,27 @@ TABLE_SCHEMA: dict[str, Any] = {
 }
 
 
+# An object item's lifecycle: no item (absent), present (no `state`), or DELETING: a last Delete
+# (or a rollback) took it, and only that writer (`deleting_by`) removes the AWS object and then
+# the item. A service-linked role's item stays DELETING, with IAM's `deletion_task_id`, until the
+# asynchronous deletion is known to have finished. Every write that changes what the object is or
+# who claims it bumps `version`, and a writer that read version N writes only if it is still N.
+DELETING = "deleting"
+# Cancelled by a conflicting transaction (nothing was applied): tried again, a bounded number of times.
+TRANSACT_ATTEMPTS = 5
+sleep: Callable[[float], None] = time.sleep
+
+
 class ObjectGone(Exception):
     """The object a claim would hold is not (or no longer) registered."""
+
+
+class Changed(Exception):
+    """The object changed since it was read, or is being deleted: read it again and retry."""
+
+
+class HealInProgress(Exception):
+    """The healer holds the object's lease: a Delete waits for it rather than race the heal."""
 
 
 def role_key(role_name: str) -> str:
@@ -86,22 +107,44 @@ class Record:
     claims: list[Claim] = field(default_factory=list)
     # Pieces rolekeeper added to the object (ownership.py); None when never recorded.
     added: set[str] | None = None
+    version: int = 0
+    state: str = ""  # "" (present) or DELETING
+    deleting_by: str = ""
+    deletion_task_id: str = ""
+    deleting_since: int = 0
+    claim_count: int = 0
 
     @property
     def healable(self) -> bool:
         return any(c.heal for c in self.claims)
+
+    @property
+    def deleting(self) -> bool:
+        return self.state == DELETING
+
+    def claim_of(self, sk: str) -> Claim | None:
+        return next((c for c in self.claims if c.sk == sk), None)
 
 
 def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def _cancelled_by(error: Exception) -> list[bool] | None:
-    """For a cancelled transaction, which of its items failed their condition; None otherwise."""
+def _reasons(error: Exception) -> list[str] | None:
+    """For a cancelled transaction, each item's cancellation code ("None" for an item that was
+    fine); None for any other error."""
     if aws.error_code(error) != "TransactionCanceledException":
         return None
     reasons = getattr(error, "response", {}).get("CancellationReasons", [])
-    return [r.get("Code") == "ConditionalCheckFailed" for r in reasons] or None
+    return [str(r.get("Code") or "None") for r in reasons]
+
+
+def _backoff(attempt: int) -> None:
+    sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def _number(item: dict[str, Any], name: str) -> int:
+    return int(item.get(name, {}).get("N", "0"))
 
 
 def _claim(item: dict[str, Any]) -> Claim:
@@ -143,6 +186,10 @@ def _record(item: dict[str, Any]) -> Record:
         "updated_at",
         "added",
         "pieces_tracked",
+        "state",
+        "deleting_by",
+        "deletion_task_id",
+        "heal_lease_by",
     }
     added = item.get("added")
     return Record(
@@ -154,6 +201,12 @@ def _record(item: dict[str, Any]) -> Record:
         added=set(added.get("SS", []))
         if added is not None
         else (set() if "pieces_tracked" in item else None),
+        version=_number(item, "version"),
+        state=item.get("state", {}).get("S", ""),
+        deleting_by=item.get("deleting_by", {}).get("S", ""),
+        deletion_task_id=item.get("deletion_task_id", {}).get("S", ""),
+        deleting_since=_number(item, "deleting_since"),
+        claim_count=_number(item, "claim_count"),
     )
 
 
@@ -208,20 +261,33 @@ class Registry:
 
     # Requests: Lambda may deliver an asynchronous event more than once (and retries it after a
     # function error); CloudFormation's RequestId tells a redelivery from a new request.
-    def begin_request(self, request_id: str, *, now: float) -> bool:
-        """Note the request; False when it was answered before (a redelivery)."""
-        result = aws.dynamodb().update_item(
-            TableName=self.table,
+    def begin_request(
+        self, request_id: str, *, now: float, until: float | None = None, invocation: str = ""
+    ) -> bool:
+        """Note the request; False when it was answered before (a redelivery) or another
+        invocation is still working on it (until its deadline): either way, no second response.
+        An invocation that died without answering holds it only until its own deadline."""
+        until = now - 1 if until is None else until
+        result = self._update(
             Key={"pk": _s(f"REQUEST#{request_id}"), "sk": _s(REQUEST)},
-            UpdateExpression="SET started_at = if_not_exists(started_at, :now), expires_at = :ttl ADD attempts :one",
+            UpdateExpression=(
+                "SET started_at = if_not_exists(started_at, :now), expires_at = :ttl, busy_until = :until, "
+                "busy_by = :me ADD attempts :one"
+            ),
+            # busy_by: this invocation's own earlier attempt, whose answer was lost, is not another.
+            ConditionExpression=(
+                "attribute_not_exists(answered_at) AND "
+                "(attribute_not_exists(busy_until) OR busy_until < :now OR busy_by = :me)"
+            ),
             ExpressionAttributeValues={
                 ":now": {"N": str(int(now))},
+                ":until": {"N": str(int(until))},
+                ":me": _s(invocation or uuid.uuid4().hex),
                 ":ttl": {"N": str(int(now) + REQUEST_TTL_SECONDS)},
                 ":one": {"N": "1"},
             },
-            ReturnValues="ALL_OLD",
         )
-        return "answered_at" not in result.get("Attributes", {})
+        return result is not None
 
     def answered(self, request_id: str, status: str, *, now: float) -> None:
         aws.dynamodb().update_item(
@@ -251,99 +317,324 @@ class Registry:
             if aws.error_code(error) != "ConditionalCheckFailedException":
                 raise
 
-    # Claims and the object's claim_count change together in one transaction, so concurrent stacks
-    # never lose a claim and exactly one Delete sees the count reach zero.
-    def claim(self, key: str, claim: Claim) -> None:
+    # --- transactions and single writes that survive conflicts and lost answers -------------------
+
+    def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """Apply the transaction; None when applied, else each item's cancellation code.
+
+        A ClientRequestToken makes botocore's retry of an attempt whose answer was lost return
+        success without applying it twice (DynamoDB keeps the token for 10 minutes). A
+        cancellation for TransactionConflict applied nothing: it is tried again, bounded, with a
+        new token."""
         from botocore.exceptions import ClientError
 
-        item = _claim_item(key, claim)
         db = aws.dynamodb()
-        try:
-            db.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": item,
-                            "ConditionExpression": "attribute_not_exists(sk)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table,
-                            "Key": {"pk": _s(key), "sk": _s(OBJECT)},
-                            "UpdateExpression": "ADD claim_count :one",
-                            # Never make an object item as a side effect: a claim restored after
-                            # its object was forgotten must not leave a skeleton behind.
-                            "ConditionExpression": "attribute_exists(kind)",
-                            "ExpressionAttributeValues": {":one": {"N": "1"}},
-                        }
-                    },
-                ]
+        codes: list[str] = []
+        for attempt in range(TRANSACT_ATTEMPTS):
+            try:
+                db.transact_write_items(
+                    TransactItems=items,  # type: ignore[arg-type]
+                    ClientRequestToken=uuid.uuid4().hex,
+                )
+                return None
+            except ClientError as error:
+                found = _reasons(error)
+                if found is None:
+                    raise
+                codes = found
+                if "TransactionConflict" not in codes or "ConditionalCheckFailed" in codes:
+                    return codes
+                _backoff(attempt)
+        return codes
+
+    def _update(self, **kwargs: Any) -> dict[str, Any] | None:
+        """UpdateItem (or DeleteItem with delete=True); None when its condition failed, with the
+        item as it was in self.last_refused. TransactionConflictException (the item is inside
+        another writer's transaction) is tried again, bounded."""
+        from botocore.exceptions import ClientError
+
+        db = aws.dynamodb()
+        delete = kwargs.pop("delete", False)
+        if "ConditionExpression" in kwargs:
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        self.last_refused: dict[str, Any] = {}
+        for attempt in range(TRANSACT_ATTEMPTS):
+            try:
+                call = db.delete_item if delete else db.update_item
+                return dict(call(TableName=self.table, **kwargs))
+            except ClientError as error:
+                code = aws.error_code(error)
+                if code == "ConditionalCheckFailedException":
+                    self.last_refused = getattr(error, "response", {}).get("Item", {})
+                    return None
+                if code != "TransactionConflictException" or attempt + 1 == TRANSACT_ATTEMPTS:
+                    raise
+                _backoff(attempt)
+        return None  # not reached
+
+    # --- claims: written together with the object, at the version that was read -----------------
+
+    def commit(
+        self,
+        key: str,
+        kind: str,
+        desired: dict[str, Any],
+        *,
+        read: Record | None,
+        created_now: bool,
+        attrs: dict[str, str],
+        added: set[str] | frozenset[str] = frozenset(),
+        claim: Claim | None = None,
+    ) -> bool:
+        """Write the object's desired state and (optionally) one claim in one transaction, only if
+        the object is still as `read` found it (None: no item). A new claim adds to claim_count
+        in the same transaction, so concurrent stacks never lose a claim. Raises Changed when the
+        object changed meanwhile (or is being deleted): the caller reads it again and retries.
+        Returns whether rolekeeper created the object (now or before)."""
+        names: dict[str, str] = {
+            "#kind": "kind",
+            "#desired": "desired",
+            "#created": "created",
+            "#updated": "updated_at",
+            "#tracked": "pieces_tracked",
+            "#version": "version",
+        }
+        values: dict[str, Any] = {
+            ":kind": _s(kind),
+            ":desired": _s(json.dumps(desired, sort_keys=True)),
+            ":created": {"BOOL": created_now or bool(read and read.created)},
+            ":updated": _s(str(int(time.time()))),
+            # pieces_tracked: the added set is kept for this object (DynamoDB drops an emptied
+            # set, which must not read as a record written before rolekeeper kept one).
+            ":tracked": {"BOOL": True},
+            ":next": {"N": str((read.version if read else 0) + 1)},
+        }
+        sets = [
+            "#kind = :kind",
+            "#desired = :desired",
+            "#updated = :updated",
+            "#tracked = :tracked",
+            "#created = :created",
+            "#version = :next",
+        ]
+        for i, (name, value) in enumerate(sorted(attrs.items())):
+            names[f"#a{i}"] = name
+            values[f":a{i}"] = _s(value)
+            sets.append(f"#a{i} = :a{i}")
+        adds = []
+        if added:
+            names["#added"] = "added"
+            values[":added"] = {"SS": sorted(added)}
+            adds.append("#added :added")
+        new_claim = claim is not None and (read is None or read.claim_of(claim.sk) is None)
+        if new_claim:
+            names["#count"] = "claim_count"
+            values[":one"] = {"N": "1"}
+            adds.append("#count :one")
+        expression = "SET " + ", ".join(sets) + (" ADD " + ", ".join(adds) if adds else "")
+        if read is None:
+            condition = "attribute_not_exists(pk)"
+        else:
+            names["#state"] = "state"
+            values[":version"] = {"N": str(read.version)}
+            values[":deleting"] = _s(DELETING)
+            condition = "attribute_exists(pk) AND (attribute_not_exists(#state) OR #state <> :deleting) AND "
+            condition += "#version = :version" if read.version else "attribute_not_exists(#version)"
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": {"pk": _s(key), "sk": _s(OBJECT)},
+                    "UpdateExpression": expression,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        ]
+        if claim is not None:
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": _claim_item(key, claim),
+                        "ConditionExpression": "attribute_not_exists(sk)"
+                        if new_claim
+                        else "attribute_exists(sk)",
+                    }
+                }
             )
-        except ClientError as error:
-            failed = _cancelled_by(error)
-            if failed is not None and failed[1:] == [True]:
-                raise ObjectGone(f"{key} is no longer registered") from None
-            if failed != [True, False]:
-                raise
-            db.put_item(TableName=self.table, Item=item)  # claimed already: refresh Heal/OnDelete only
+        codes = self._transact(items)
+        if codes is not None:
+            raise Changed(f"{key} changed while this request worked on it ({', '.join(codes)})")
+        return created_now or bool(read and read.created)
+
+    def claim(self, key: str, claim: Claim) -> None:
+        """Put a released claim back (a Delete that failed part-way, or an abandoned Update). Never
+        makes an object item as a side effect: a claim restored after its object was forgotten
+        (or while it is being deleted) must not leave a skeleton behind."""
+        item = _claim_item(key, claim)
+        update = {
+            "TableName": self.table,
+            "Key": {"pk": _s(key), "sk": _s(OBJECT)},
+            "UpdateExpression": "ADD claim_count :one, #version :one",
+            "ConditionExpression": "attribute_exists(kind) AND (attribute_not_exists(#state) OR #state <> :deleting)",
+            "ExpressionAttributeNames": {"#version": "version", "#state": "state"},
+            "ExpressionAttributeValues": {":one": {"N": "1"}, ":deleting": _s(DELETING)},
+        }
+        codes = self._transact(
+            [
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": item,
+                        "ConditionExpression": "attribute_not_exists(sk)",
+                    }
+                },
+                {"Update": update},
+            ]
+        )
+        if codes is None:
+            return
+        if codes[1:2] == ["ConditionalCheckFailed"]:
+            raise ObjectGone(f"{key} is no longer registered (or is being deleted)")
+        if codes[:1] != ["ConditionalCheckFailed"]:
+            raise Changed(f"{key}: claim not restored ({', '.join(codes)})")
+        # Claimed already: refresh what the claim stores, only while the claim is there.
+        self._transact(
+            [{"Put": {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_exists(sk)"}}]
+        )
 
     def release(self, key: str, stack_id: str, logical_id: str) -> bool:
-        """Remove one claim; False if this resource held none."""
-        from botocore.exceptions import ClientError
-
+        """Remove one claim; False if this resource held none (already released: by an earlier
+        attempt of the same request whose answer was lost, or never claimed)."""
         claim_key = {"pk": _s(key), "sk": _s(Claim(stack_id, logical_id).sk)}
-        db = aws.dynamodb()
-        try:
-            db.transact_write_items(
-                TransactItems=[
-                    {
-                        "Delete": {
-                            "TableName": self.table,
-                            "Key": claim_key,
-                            "ConditionExpression": "attribute_exists(sk)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table,
-                            "Key": {"pk": _s(key), "sk": _s(OBJECT)},
-                            "UpdateExpression": "ADD claim_count :minus",
-                            "ConditionExpression": "attribute_exists(pk)",
-                            "ExpressionAttributeValues": {":minus": {"N": "-1"}},
-                        }
-                    },
-                ]
-            )
-        except ClientError as error:
-            failed = _cancelled_by(error)
-            if failed is None:
-                raise
-            if failed[0]:
-                return False
-            db.delete_item(TableName=self.table, Key=claim_key)  # a claim left without its object
-        return True
+        codes = self._transact(
+            [
+                {
+                    "Delete": {
+                        "TableName": self.table,
+                        "Key": claim_key,
+                        "ConditionExpression": "attribute_exists(sk)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": {"pk": _s(key), "sk": _s(OBJECT)},
+                        "UpdateExpression": "ADD claim_count :minus, #version :one",
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeNames": {"#version": "version"},
+                        "ExpressionAttributeValues": {":minus": {"N": "-1"}, ":one": {"N": "1"}},
+                    }
+                },
+            ]
+        )
+        if codes is None:
+            return True
+        if codes[:1] == ["ConditionalCheckFailed"]:
+            return False
+        if codes[1:2] == ["ConditionalCheckFailed"]:  # a claim left without its object
+            self._update(Key=claim_key, delete=True)
+            return True
+        raise Changed(f"{key}: claim not released ({', '.join(codes)})")
 
-    def forget_if_unclaimed(self, key: str) -> Record | None:
-        """Remove the object if rolekeeper created it and no claim remains; returns it if removed.
-        Conditional, so of concurrent last Deletes exactly one gets it (and deletes the AWS object)."""
-        from botocore.exceptions import ClientError
+    # --- deletion: present -> deleting (one writer) -> absent ------------------------------------
 
-        try:
-            result = aws.dynamodb().delete_item(
-                TableName=self.table,
-                Key={"pk": _s(key), "sk": _s(OBJECT)},
-                ConditionExpression="created = :true AND (attribute_not_exists(claim_count) OR claim_count <= :zero)",
-                ExpressionAttributeValues={":true": {"BOOL": True}, ":zero": {"N": "0"}},
-                ReturnValues="ALL_OLD",
+    def begin_delete(self, key: str, token: str, *, now: float, absent_too: bool = False) -> Record | None:
+        """Take the object for deletion: only if rolekeeper created it, no claim holds it and no
+        heal is under way. Returns the record (the caller then deletes the AWS object and calls
+        finish_delete), or None when it must stay. Idempotent for one token (the same request,
+        or an attempt whose answer was lost). absent_too: a rollback of a role this request
+        created before any record existed takes a fresh item. Raises HealInProgress while the
+        healer's lease is held."""
+        names = {"#state": "state", "#by": "deleting_by", "#version": "version", "#lease": "heal_lease"}
+        values: dict[str, Any] = {
+            ":deleting": _s(DELETING),
+            ":token": _s(token),
+            ":true": {"BOOL": True},
+            ":zero": {"N": "0"},
+            ":one": {"N": "1"},
+            ":now": {"N": str(int(now))},
+        }
+        taken = (
+            "created = :true AND (attribute_not_exists(claim_count) OR claim_count <= :zero)"
+            " AND (attribute_not_exists(#state) OR #state <> :deleting OR #by = :token)"
+            " AND (attribute_not_exists(#lease) OR #lease < :now)"
+        )
+        values[":since"] = {"N": str(int(now))}
+        expression = "SET #state = :deleting, #by = :token, deleting_since = :since ADD #version :one"
+        if absent_too:
+            names["#kind"] = "kind"
+            values[":kind"] = _s("role")
+            expression = (
+                "SET #state = :deleting, #by = :token, deleting_since = :since, created = :true, "
+                "#kind = if_not_exists(#kind, :kind) ADD #version :one"
             )
-        except ClientError as error:
-            if aws.error_code(error) == "ConditionalCheckFailedException":
-                return None
-            raise
-        old = result.get("Attributes")
-        return _record(old) if old else None
+            taken = f"attribute_not_exists(pk) OR ({taken})"
+        result = self._update(
+            Key={"pk": _s(key), "sk": _s(OBJECT)},
+            UpdateExpression=expression,
+            ConditionExpression=taken,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_NEW",
+        )
+        if result is not None:
+            return _record(result["Attributes"])
+        old = self.last_refused
+        lease = _number(old, "heal_lease")
+        unclaimed = _number(old, "claim_count") <= 0 and old.get("created", {}).get("BOOL", False)
+        free = old.get("state", {}).get("S") != DELETING
+        if old and unclaimed and free and lease >= int(now):
+            raise HealInProgress(f"{key} is being healed")
+        return None
+
+    def finish_delete(self, key: str, token: str, *, task_id: str | None = None) -> None:
+        """The AWS object is deleted (a role), or its deletion submitted (a service-linked role,
+        whose item keeps the task id until the deletion is known to have finished)."""
+        key_ = {"pk": _s(key), "sk": _s(OBJECT)}
+        names = {"#by": "deleting_by"}
+        if task_id:
+            self._update(
+                Key=key_,
+                UpdateExpression="SET deletion_task_id = :task",
+                ConditionExpression="#by = :token",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={":task": _s(task_id), ":token": _s(token)},
+            )
+            return
+        self._update(
+            Key=key_,
+            delete=True,
+            ConditionExpression="#by = :token",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":token": _s(token)},
+        )
+
+    def abort_delete(self, key: str, token: str) -> None:
+        """The deletion did not happen (or a service-linked role's deletion task failed): the object
+        is present again."""
+        self._update(
+            Key={"pk": _s(key), "sk": _s(OBJECT)},
+            UpdateExpression="REMOVE #state, #by, deletion_task_id ADD #version :one",
+            ConditionExpression="#by = :token",
+            ExpressionAttributeNames={"#state": "state", "#by": "deleting_by", "#version": "version"},
+            ExpressionAttributeValues={":token": _s(token), ":one": {"N": "1"}},
+        )
+
+    def drop(self, record: Record) -> bool:
+        """Remove an object item exactly as it was read (a finished deletion, a grant released)."""
+        return (
+            self._update(
+                Key={"pk": _s(record.key), "sk": _s(OBJECT)},
+                delete=True,
+                ConditionExpression="attribute_not_exists(#version) OR #version = :version",
+                ExpressionAttributeNames={"#version": "version"},
+                ExpressionAttributeValues={":version": {"N": str(record.version)}},
+            )
+            is not None
+        )
 
     def get(self, key: str) -> Record | None:
         """The object and its claims, read consistently in one query."""

@@ -221,7 +221,10 @@ def _delete_slr_act(env: Env) -> dict[str, Any]:
 def _delete_slr_ok(env: Env, response: dict[str, Any]) -> None:
     ok(response)
     assert env.role(SPOT_FLEET) is None
-    assert env.items() == []
+    # The object stays "deleting" with IAM's task id until the deletion is known to be finished.
+    [item] = env.items()
+    assert item["sk"]["S"] == "OBJECT" and item["state"]["S"] == "deleting"
+    assert item["deletion_task_id"]["S"].startswith("task/")
 
 
 def _adopt_setup(env: Env) -> None:
@@ -386,11 +389,10 @@ PROVISIONER_OPERATIONS: list[tuple[str, str]] = [
     ("AttachRolePolicy", "create-ecs"),
     ("CreateInstanceProfile", "create-ecs"),
     ("AddRoleToInstanceProfile", "create-ecs"),
-    ("UpdateItem", "create-ecs"),
-    ("TransactWriteItems", "create-ecs"),  # the claim (and the object's claim count)
+    ("TransactWriteItems", "create-ecs"),  # the object with its claim (and the claim count)
     ("CreateServiceLinkedRole", "create-slr"),
     ("UpdateRole", "update-slr"),
-    ("PutItem", "update-slr"),  # an existing claim's Heal/OnDelete refreshed
+    ("TransactWriteItems", "update-slr"),  # an existing claim's Heal/OnDelete refreshed
     ("DeleteServiceLinkedRole", "delete-slr"),
     ("ListAttachedRolePolicies", "adopt-ecs"),
     ("GetInstanceProfile", "adopt-ecs"),
@@ -403,7 +405,8 @@ PROVISIONER_OPERATIONS: list[tuple[str, str]] = [
     ("ListRolePolicies", "delete-ecs"),
     ("DeleteRole", "delete-ecs"),
     ("TransactWriteItems", "delete-ecs"),  # the release
-    ("DeleteItem", "delete-ecs"),  # the object forgotten with its last claim
+    ("UpdateItem", "delete-ecs"),  # the object taken for deletion (state deleting)
+    ("DeleteItem", "delete-ecs"),  # the object forgotten once the role is gone
     ("DescribeKey", "create-grant"),
     ("CreateGrant", "create-grant"),
     ("RevokeGrant", "delete-grant"),
@@ -749,7 +752,7 @@ def test_registry_table_missing_answers_failed_and_creates_nothing(env):
     assert env.profile_roles(ECS) is None
 
 
-@pytest.mark.parametrize("operation", ["UpdateItem", "TransactWriteItems"])
+@pytest.mark.parametrize("operation", ["TransactWriteItems"])
 def test_registry_5xx_answers_failed_and_removes_the_service_linked_role_just_created(env, operation):
     env.faults.arm(operation, UNAVAILABLE)
     response = env.stack.send("slr-create.json")
@@ -759,7 +762,7 @@ def test_registry_5xx_answers_failed_and_removes_the_service_linked_role_just_cr
     assert env.role(SPOT_FLEET) is None
 
 
-@pytest.mark.parametrize("operation", ["UpdateItem", "TransactWriteItems"])
+@pytest.mark.parametrize("operation", ["TransactWriteItems"])
 def test_registry_5xx_answers_failed_and_revokes_the_grant_just_created(env, operation):
     _grant_setup(env)
     env.faults.arm(operation, UNAVAILABLE)
@@ -771,15 +774,15 @@ def test_registry_5xx_answers_failed_and_revokes_the_grant_just_created(env, ope
 
 def test_registry_failure_never_removes_an_adopted_role(env):
     _adopt_setup(env)
-    env.faults.arm("UpdateItem", UNAVAILABLE)
+    env.faults.arm("TransactWriteItems", UNAVAILABLE)
     response = _adopt_act(env)
     assert response["Status"] == "FAILED"
     _adopt_failed(env)
 
 
 def test_a_failed_claim_leaves_no_record_that_marks_a_later_role_as_rolekeepers(env):
-    """The claim (TransactWriteItems) fails after UpdateItem recorded the object as created: the rollback
-    removes the role, and the registry must not keep saying rolekeeper created it. Otherwise the
+    """The write of the object with its claim (TransactWriteItems) fails: the rollback removes the
+    role, and the registry must not keep saying rolekeeper created it. Otherwise the
     role someone makes by hand later is reported Created=true and deleted by OnDelete: Delete."""
     env.faults.arm("TransactWriteItems", DENIED)
     assert env.stack.send("role-ecs-instance-create.json")["Status"] == "FAILED"

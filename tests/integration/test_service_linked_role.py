@@ -145,10 +145,17 @@ def test_delete_with_delete_waits_for_last_claim(aws, stack, other_stack, deleti
     assert len(deletion_tasks.pending) == 1
     (task_id,) = deletion_tasks.pending
     assert task_id.startswith("task/aws-service-role/spotfleet.amazonaws.com/AWSServiceRoleForEC2SpotFleet/")
+    # Until the deletion is known to be over, the object stays "deleting" with IAM's task id.
+    record = registry().get(role_key(SPOT_FLEET))
+    assert record is not None and record.deleting and record.deletion_task_id == task_id
     deletion_tasks.finish()
     with pytest.raises(boto3.client("iam").exceptions.NoSuchEntityException):
         boto3.client("iam").get_role(RoleName=SPOT_FLEET)
-    assert registry().get(role_key(SPOT_FLEET)) is None
+    # The next Create sees the task finished, forgets the old object and creates the role anew.
+    again = stack.send("slr-create.json", props=props)
+    assert again["Status"] == "SUCCESS" and again["Data"]["Created"] == "true"
+    record = registry().get(role_key(SPOT_FLEET))
+    assert record is not None and not record.deleting and len(record.claims) == 1
 
 
 def test_delete_never_removes_an_adopted_role(aws, stack):

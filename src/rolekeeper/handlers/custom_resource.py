@@ -37,6 +37,7 @@ def _request(event: dict[str, Any], context: Any) -> Request:
         properties=event.get("ResourceProperties") or {},
         old_properties=event.get("OldResourceProperties"),
         physical_id=event.get("PhysicalResourceId"),
+        request_id=str(event.get("RequestId") or ""),
         identity=verify.identity_for(context.invoked_function_arn, event["StackId"]),
     )
 
@@ -47,7 +48,7 @@ def _run(action: str, event: dict[str, Any], context: Any) -> str:
         request = _request(event, context)
         if action != "delete":
             provisioner().validate(request)  # bad input fails before any AWS call
-        if not _first_delivery(event["RequestId"]):
+        if not _first_delivery(event["RequestId"], context):
             logger.warning("request answered before (a redelivery); no second response")
             metrics.add_metric(name="RequestRedelivered", unit="Count", value=1)
             helper.answered_before()
@@ -124,13 +125,20 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return helper.last_response
 
 
-def _first_delivery(request_id: str) -> bool:
-    """False for a request already answered. A registry that cannot be read must not cost the
-    request its one response: it is then answered (at worst a second time)."""
+def _first_delivery(request_id: str, context: Any) -> bool:
+    """False for a request already answered, or still being worked on by another invocation
+    (until that one's deadline). A registry that cannot be read must not cost the request its one
+    response: it is then answered (at worst a second time)."""
     if os.environ.get("AWS_SAM_LOCAL"):
         return True
     try:
-        return provisioner().registry.begin_request(request_id, now=time.time())
+        now = time.time()
+        return provisioner().registry.begin_request(
+            request_id,
+            now=now,
+            until=now + context.get_remaining_time_in_millis() / 1000,
+            invocation=str(getattr(context, "aws_request_id", "") or ""),
+        )
     except Exception:
         logger.exception("could not check the request against the registry; answering it")
         return True
