@@ -76,9 +76,7 @@ SERVICE = {
         "iam",
     ),
     **dict.fromkeys(("DescribeKey", "CreateGrant", "ListGrants", "RevokeGrant"), "kms"),
-    **dict.fromkeys(
-        ("UpdateItem", "DeleteItem", "Query", "Scan", "TransactWriteItems"), "dynamodb"
-    ),
+    **dict.fromkeys(("UpdateItem", "DeleteItem", "Query", "Scan", "TransactWriteItems"), "dynamodb"),
 }
 
 NOWHERE = "https://fault-injected.invalid/"

@@ -62,7 +62,7 @@ GRANT_PHYSICAL_ID = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za
 
 # A request that finds its object changed by another writer reads it again and converges again,
 # this many times at most.
-COMMIT_ATTEMPTS = 4
+COMMIT_ATTEMPTS = 6
 # Waiting for another request's deletion of the object (seconds between looks; about 15 s in all).
 SETTLE_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # A last Delete waits this long for a heal under way to finish before deleting the object.
@@ -338,10 +338,16 @@ class Provisioner:
                     kind,
                     desired,
                     read=record,
-                    created_now=outcome.created or outcome.ours,
+                    # made: an earlier attempt of this request created it (and lost the race to
+                    # write the record first).
+                    created_now=made or outcome.ours,
                     attrs=role_attrs(outcome),
                     added=outcome.added,
                     claim=claim,
+                    # Only a request that takes pieces away (an Update pruning what the claims no
+                    # longer want) depends on the other claims as read; one that only adds needs
+                    # the object present and not being deleted.
+                    check_version=kind == "role" and request.request_type == "Update",
                 )
             except Changed:
                 logger.info("object changed by another writer; reading it again", key=key, attempt=number + 1)
@@ -601,6 +607,8 @@ class Provisioner:
                         self.registry.abort_delete(key, token)
                         raise
                     self.registry.finish_delete(key, token, task_id=task_id)
+                    if task_id and _deletion_status(task_id) == "SUCCEEDED":
+                        self.registry.drop(record)  # already over: nothing left to wait for
                     return
             if known.kind == "role" and any(c.sk != claim.sk for c in known.claims):
                 self._reconverge(key, name)

@@ -57,7 +57,7 @@ TABLE_SCHEMA: dict[str, Any] = {
 # who claims it bumps `version`, and a writer that read version N writes only if it is still N.
 DELETING = "deleting"
 # Cancelled by a conflicting transaction (nothing was applied): tried again, a bounded number of times.
-TRANSACT_ATTEMPTS = 5
+TRANSACT_ATTEMPTS = 8
 sleep: Callable[[float], None] = time.sleep
 
 
@@ -385,9 +385,11 @@ class Registry:
         attrs: dict[str, str],
         added: set[str] | frozenset[str] = frozenset(),
         claim: Claim | None = None,
+        check_version: bool = True,
     ) -> bool:
         """Write the object's desired state and (optionally) one claim in one transaction, only if
-        the object is still as `read` found it (None: no item). A new claim adds to claim_count
+        the object is still as `read` found it (None: no item; check_version=False: only still
+        there and not being deleted, for a writer that adds and never takes away). A new claim adds to claim_count
         in the same transaction, so concurrent stacks never lose a claim. Raises Changed when the
         object changed meanwhile (or is being deleted): the caller reads it again and retries.
         Returns whether rolekeeper created the object (now or before)."""
@@ -402,26 +404,26 @@ class Registry:
         values: dict[str, Any] = {
             ":kind": _s(kind),
             ":desired": _s(json.dumps(desired, sort_keys=True)),
-            ":created": {"BOOL": created_now or bool(read and read.created)},
+            ":created": {"BOOL": created_now},
             ":updated": _s(str(int(time.time()))),
             # pieces_tracked: the added set is kept for this object (DynamoDB drops an emptied
             # set, which must not read as a record written before rolekeeper kept one).
             ":tracked": {"BOOL": True},
-            ":next": {"N": str((read.version if read else 0) + 1)},
+            ":inc": {"N": "1"},
         }
         sets = [
             "#kind = :kind",
             "#desired = :desired",
             "#updated = :updated",
             "#tracked = :tracked",
-            "#created = :created",
-            "#version = :next",
+            # Once created, always created: a writer that did not create it never says otherwise.
+            "#created = :created" if created_now else "#created = if_not_exists(#created, :created)",
         ]
         for i, (name, value) in enumerate(sorted(attrs.items())):
             names[f"#a{i}"] = name
             values[f":a{i}"] = _s(value)
             sets.append(f"#a{i} = :a{i}")
-        adds = []
+        adds = ["#version :inc"]  # never SET: a writer that did not check it must not move it back
         if added:
             names["#added"] = "added"
             values[":added"] = {"SS": sorted(added)}
@@ -438,8 +440,13 @@ class Registry:
             names["#state"] = "state"
             values[":version"] = {"N": str(read.version)}
             values[":deleting"] = _s(DELETING)
-            condition = "attribute_exists(pk) AND (attribute_not_exists(#state) OR #state <> :deleting) AND "
-            condition += "#version = :version" if read.version else "attribute_not_exists(#version)"
+            condition = "attribute_exists(pk) AND (attribute_not_exists(#state) OR #state <> :deleting)"
+            if check_version:
+                condition += " AND " + (
+                    "#version = :version" if read.version else "attribute_not_exists(#version)"
+                )
+            else:
+                del values[":version"]
         items: list[dict[str, Any]] = [
             {
                 "Update": {

@@ -21,7 +21,7 @@ from rolekeeper.provisioner import Provisioner, Request
 from rolekeeper.registry import Registry, role_key
 from tests.conftest import LambdaContext, Stack
 from tests.faults import NOWHERE, _Body
-from tests.integration.test_faults import ECS, SPOT_FLEET, Env, env, ok  # noqa: F401 (env: fixture)
+from tests.integration.test_faults import ECS, SPOT_FLEET, Env, env, ok
 
 __all__ = ["env"]
 
@@ -110,7 +110,9 @@ def other(env: Env) -> Stack:
     return Stack("other", env.sent, env.stack.context, env.stack.cfn)
 
 
-def delete(stack: Stack, created: dict[str, Any], event_file: str = "role-ecs-instance-delete.json") -> dict[str, Any]:
+def delete(
+    stack: Stack, created: dict[str, Any], event_file: str = "role-ecs-instance-delete.json"
+) -> dict[str, Any]:
     return stack.send(event_file, props=DELETE, PhysicalResourceId=created["PhysicalResourceId"])
 
 
@@ -136,7 +138,7 @@ def test_a_cancelled_claim_while_another_stack_adopts_keeps_the_role_and_both_cl
 def test_a_claim_that_keeps_conflicting_rolls_back_only_what_no_claim_holds(env: Env):
     """Every attempt conflicts: the Create fails, and the role it created goes only because no
     other claim holds it."""
-    At("TransactWriteItems", plan=dict.fromkeys(range(1, 40), "conflict")).install()
+    At("TransactWriteItems", plan=dict.fromkeys(range(1, 500), "conflict")).install()
     response = env.stack.send("role-ecs-instance-create.json", props=DELETE)
     assert response["Status"] == "FAILED"
     assert "retry" in response["Reason"]
@@ -267,8 +269,11 @@ def test_an_update_abandoned_at_the_deadline_puts_the_claim_back_as_it_was(env: 
     late = Stack("app", env.sent, LambdaContext(remaining_ms=1_500), env.stack.cfn)
     env.faults.hang("ListAttachedRolePolicies", 1.3)
     response = late.send(
-        "role-ecs-instance-create.json", props={"Heal": "false"}, RequestType="Update",
-        PhysicalResourceId=f"arn:aws:iam::123456789012:role/{ECS}", OldResourceProperties={},
+        "role-ecs-instance-create.json",
+        props={"Heal": "false"},
+        RequestType="Update",
+        PhysicalResourceId=f"arn:aws:iam::123456789012:role/{ECS}",
+        OldResourceProperties={},
     )
     assert response["Status"] == "FAILED"
     [claim] = registry().get(role_key(ECS)).claims
