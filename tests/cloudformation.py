@@ -45,7 +45,9 @@ class CloudFormation:
     ) -> None:
         known = self.resources.get((stack_id, logical_id))
         history = list(known.history) if known else []
-        if known and known.physical_id and known.physical_id != physical_id:
+        # A Create in progress has no physical id yet: that replaces nothing (a repeated Create
+        # must not make the current id look like a replaced one).
+        if known and known.physical_id and physical_id and known.physical_id != physical_id:
             history.append(known.physical_id)
         self.resources[(stack_id, logical_id)] = Resource(status, physical_id, resource_type, history)
         self.stacks[stack_id] = stack_status or self.stacks.get(stack_id, "CREATE_COMPLETE")

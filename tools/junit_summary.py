@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 
 def summary(path: str) -> tuple[int, int, int]:
-    root = ET.parse(path).getroot()
+    root = ET.parse(path).getroot()  # noqa: S314 - pytest's own report, written by this run
     suites = [root] if root.tag == "testsuite" else list(root)
     total, failed, skipped = 0, 0, 0
     for suite in suites:
