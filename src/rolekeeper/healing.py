@@ -17,6 +17,7 @@ from rolekeeper.errors import RolekeeperError
 from rolekeeper.notify import notify
 from rolekeeper.reconcile import (
     ASPECTS,
+    UNREAD,
     GrantSpec,
     LinkedRoleSpec,
     canonical,
@@ -201,7 +202,8 @@ class Healer:
             problems = drift(record, actual, aspects, policy_arn)
         if not problems:
             return Result("healthy", name)
-        return self._repair(record, name, problems, actual, aspects, healed_before)
+        # The schedule's paged reads may be minutes old: its repairs read the role again.
+        return self._repair(record, name, problems, None if scanned else actual, aspects, healed_before)
 
     def _await_deletion(self, name: str, task_id: str) -> Result | None:
         for delay in DELETION_POLL_DELAYS:
@@ -234,10 +236,11 @@ class Healer:
         record: Record,
         name: str,
         problems: list[str],
-        actual: Actual,
+        actual: Actual | None,
         aspects: frozenset[str],
         healed_before: float,
     ) -> Result:
+        """actual: IAM as just read for the aspects (None: read it again while converging)."""
         summary = ", ".join(problems)
         if self.reporting:
             notify(
@@ -247,19 +250,23 @@ class Healer:
             )
             return Result("reported", name, summary)
         with_pieces = record.kind == "role"
-        acquired = self._acquire(
-            record,
-            name,
-            summary,
-            lambda: bool(drift(record, Actual.read(name, with_pieces=with_pieces, aspects=aspects), aspects)),
-            healed_before,
-        )
+        reread: list[Actual] = []
+
+        def still_needed() -> bool:
+            reread.append(Actual.read(name, with_pieces=with_pieces, aspects=aspects))
+            return bool(drift(record, reread[-1], aspects))
+
+        acquired = self._acquire(record, name, summary, still_needed, healed_before)
         if isinstance(acquired, Result):
             return acquired
         token = acquired
+        actual = reread[-1] if reread else actual
         try:
             if record.kind == "slr":
-                outcome = converge_linked_role(LinkedRoleSpec.from_dict(record.desired), current=actual.role)
+                outcome = converge_linked_role(
+                    LinkedRoleSpec.from_dict(record.desired),
+                    current=UNREAD if actual is None else actual.role,
+                )
             else:
                 # A missing role is made whole; an existing one gets the aspects checked, from
                 # what was read for them (no second GetRole or list).
@@ -269,9 +276,9 @@ class Healer:
                     created_role_id=ownership.created_role_id(record),
                     rollback=False,
                     healing=True,
-                    current=actual.role,
-                    attached=actual.attached if actual.role is not None and "policies" in aspects else None,
-                    aspects=ASPECTS if actual.role is None else aspects,
+                    current=UNREAD if actual is None else actual.role,
+                    attached=actual.attached if actual and actual.role and "policies" in aspects else None,
+                    aspects=aspects if actual and actual.role else ASPECTS,
                 )
             changes = [*outcome.changes]
             if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
