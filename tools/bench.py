@@ -102,14 +102,28 @@ MINIMUM: dict[str, tuple[int, int, int]] = {
     "ecs-instance delete (Delete, last claim)": (7, 0, 2),
     # GetRole (missing) + CreateRole, GetRole, AttachRolePolicy, CreateInstanceProfile,
     # AddRoleToInstanceProfile; Query record+claims, one conditional UpdateItem taking the lease and
-    # counting the heal, one UpdateItem recording the new RoleId and dropping the lease.
-    "Heal: deleted ecsInstanceRole": (6, 0, 3),
-    # ListAttachedRolePolicies (still detached?) + AttachRolePolicy (the event names role and
-    # policy); DynamoDB as above.
-    "Heal: detached policy": (2, 0, 3),
+    # counting the heal, one conditional UpdateItem recording the new RoleId and dropping the lease.
+    "Heal: deleted ecsInstanceRole (with profile)": (6, 0, 3),
+    # GetRole (is it still rolekeeper's role, or one someone made since under that name?) +
+    # ListAttachedRolePolicies (still detached?) + AttachRolePolicy: the event names role and
+    # policy, nothing else is checked; DynamoDB as above.
+    "Heal: detached policy": (3, 0, 3),
+    # GetRole (the boundary and the marker tag come with it) + PutRolePermissionsBoundary.
+    "Heal: removed boundary": (2, 0, 3),
+    # GetServiceLinkedRoleDeletionStatus (SUCCEEDED) + GetRole (missing) + CreateServiceLinkedRole
+    # + GetRole (until IAM returns it); per grant naming it: CreateGrant + RevokeGrant (the stale
+    # one). DynamoDB: 3 for the role, the ByGrantee index (keys only) once, and per grant its
+    # record and one conditional write. Two grant resources name the role by then.
+    "Heal: deleted SLR (task id in the event), 2 grants": (4, 4, 3 + 1 + 2 * 2),
+    # As above, GetRole polled (once here) instead of the deletion status.
+    "Heal: deleted SLR (no task id), 2 grants": (3, 4, 3 + 1 + 2 * 2),
     # ListGrants by GrantId (really gone?) + CreateGrant; GetRole (grantee's current RoleId for the
-    # Name); Query the ByGrantId index with the record projected, lease+count, record.
+    # Name); the grant's record read by its key (key ARN and grant id from the event), lease+count,
+    # record.
     "Heal: retired grant": (1, 2, 3),
+    # The grant the heal above issued: its record's key still names the first grant id, so the
+    # ByGrantId index (keys only) and then the record.
+    "Heal: revoked grant (re-issued once before)": (1, 2, 4),
 }
 
 
@@ -437,7 +451,7 @@ def call_counts(table: Table, calls: Calls) -> None:
         key_arn = boto3.client("kms").create_key(
             Description="bench", Tags=[{"TagKey": "rolekeeper:spot-fleet-grants", "TagValue": "allow"}]
         )["KeyMetadata"]["Arn"]
-        grant = measure("Grant create", lambda: cfn("grant-create.json", "platform", {"KeyId": key_arn}))
+        measure("Grant create", lambda: cfn("grant-create.json", "platform", {"KeyId": key_arn}))
         arn = spot["PhysicalResourceId"]
         cfn("slr-create.json", "keeper", {"OnDelete": "Retain"})
         measure(
@@ -466,26 +480,7 @@ def call_counts(table: Table, calls: Calls) -> None:
                 PhysicalResourceId=ecs["PhysicalResourceId"],
             ),
         )
-        # Heals: put the objects back under a claim, damage them by hand (not counted), heal.
-        cfn("role-ecs-instance-create.json", "platform", {"OnDelete": "Delete"})
-        delete_ecs_role_by_hand()
-        result = measure("Heal: deleted ecsInstanceRole", lambda: heal(heal_event("heal-delete-role.json")))
-        assert result["outcome"] == "healed", result
-        boto3.client("iam").detach_role_policy(RoleName=ECS, PolicyArn=ECS_POLICY)
-        result = measure("Heal: detached policy", lambda: heal(heal_event("heal-detach-role-policy.json")))
-        assert result["outcome"] == "healed", result
-        cfn("slr-create.json", "platform", {"OnDelete": "Delete"})
-        grant = cfn("grant-create.json", "platform", {"KeyId": key_arn})
-        grant_id = grant["Data"]["GrantId"]
-        boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=grant_id)
-        retire = heal_event(
-            "heal-retire-grant.json",
-            responseElements={"keyId": key_arn},
-            additionalEventData={"grantId": grant_id},
-            resources=[{"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": key_arn}],
-        )
-        result = measure("Heal: retired grant", lambda: heal(retire))
-        assert result["outcome"] == "healed", result
+        measure_heals(measure, key_arn)
 
     for name, made in measured.items():
         counts = by_service(made)
@@ -503,6 +498,78 @@ def call_counts(table: Table, calls: Calls) -> None:
         )
         sequence = ", ".join(f"{op}" for _service, op in made)
         table.notes.append(f"{name}: {sequence}")
+
+
+def measure_heals(measure: Callable[[str, Callable[[], Any]], Any], key_arn: str) -> None:
+    """Heals: put the objects back under a claim, damage them by hand (not counted), heal."""
+    import boto3
+
+    cfn("role-ecs-instance-create.json", "platform", {"OnDelete": "Delete"})
+    delete_ecs_role_by_hand()
+    result = measure(
+        "Heal: deleted ecsInstanceRole (with profile)", lambda: heal(heal_event("heal-delete-role.json"))
+    )
+    assert result["outcome"] == "healed", result
+    boto3.client("iam").detach_role_policy(RoleName=ECS, PolicyArn=ECS_POLICY)
+    result = measure("Heal: detached policy", lambda: heal(heal_event("heal-detach-role-policy.json")))
+    assert result["outcome"] == "healed", result
+    cfn("slr-create.json", "platform", {"OnDelete": "Delete"})
+    grant = cfn("grant-create.json", "platform", {"KeyId": key_arn})
+    grant_id = grant["Data"]["GrantId"]
+    boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=grant_id)
+    retire = heal_event(
+        "heal-retire-grant.json",
+        responseElements={"keyId": key_arn},
+        additionalEventData={"grantId": grant_id},
+        resources=[{"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": key_arn}],
+    )
+    result = measure("Heal: retired grant", lambda: heal(retire))
+    assert result["outcome"] == "healed", result
+    from rolekeeper.registry import Registry, grant_key
+
+    reissued = Registry(os.environ["REGISTRY_TABLE_NAME"]).get(grant_key(grant["PhysicalResourceId"]))
+    assert reissued is not None
+    boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=reissued.attrs["grant_id"])
+    revoke = heal_event(
+        "heal-revoke-grant.json",
+        requestParameters={"keyId": key_arn, "grantId": reissued.attrs["grant_id"]},
+        resources=[{"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": key_arn}],
+    )
+    result = measure("Heal: revoked grant (re-issued once before)", lambda: heal(revoke))
+    assert result["outcome"] == "healed", result
+    task_id = boto3.client("iam").delete_service_linked_role(RoleName=SPOT_FLEET)["DeletionTaskId"]
+    deleted = heal_event("heal-delete-service-linked-role.json", responseElements={"deletionTaskId": task_id})
+    result = measure("Heal: deleted SLR (task id in the event), 2 grants", lambda: heal(deleted))
+    assert result["outcome"] == "healed", result
+    asked = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+    boto3.client("iam").delete_service_linked_role(RoleName=SPOT_FLEET)
+    deleted = heal_event("heal-delete-service-linked-role.json", eventTime=f"{asked:%Y-%m-%dT%H:%M:%SZ}")
+    deleted["detail"].pop("responseElements")
+    result = measure("Heal: deleted SLR (no task id), 2 grants", lambda: heal(deleted))
+    assert result["outcome"] == "healed", result
+    boundary = boto3.client("iam").create_policy(
+        PolicyName="app-boundary",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"}],
+            }
+        ),
+    )["Policy"]["Arn"]
+    cfn(
+        "role-ec2-application-create.json",
+        "platform",
+        {"RoleName": "app-bounded", "PermissionsBoundary": boundary},
+        LogicalResourceId="BoundedRole",
+    )
+    boto3.client("iam").delete_role_permissions_boundary(RoleName="app-bounded")
+    removed = heal_event(
+        "heal-delete-role.json",
+        eventName="DeleteRolePermissionsBoundary",
+        requestParameters={"roleName": "app-bounded"},
+    )
+    result = measure("Heal: removed boundary", lambda: heal(removed))
+    assert result["outcome"] == "healed", result
 
 
 # --- 3. delete latency -----------------------------------------------------------------------

@@ -33,6 +33,7 @@ OBJECT_FIELDS = {
     "heal_count",
     "heal_window",
     "heal_lease",
+    "heal_lease_by",
     "healed_at",
     "updated_at",
 }

@@ -7,16 +7,21 @@ from typing import Any, Literal
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field
 
-IAM_EVENTS = frozenset(
-    {
-        "DeleteRole",
-        "DeleteServiceLinkedRole",
-        "DetachRolePolicy",
-        "UpdateAssumeRolePolicy",
-        "RemoveRoleFromInstanceProfile",
-        "DeleteInstanceProfile",
-    }
-)
+# Every IAM call that can take away something a claim wants, and what the heal then checks
+# (README "Healing" lists the same). DeleteServiceLinkedRole removes the whole role.
+ALL = frozenset({"trust", "policies", "profile", "boundary", "tags"})
+ROLE_EVENTS: dict[str, frozenset[str]] = {
+    "DeleteRole": ALL,
+    "DeleteServiceLinkedRole": ALL,
+    "DetachRolePolicy": frozenset({"policies"}),
+    "UpdateAssumeRolePolicy": frozenset({"trust"}),
+    "RemoveRoleFromInstanceProfile": frozenset({"profile"}),
+    "DeleteInstanceProfile": frozenset({"profile"}),
+    "PutRolePermissionsBoundary": frozenset({"boundary"}),
+    "DeleteRolePermissionsBoundary": frozenset({"boundary"}),
+    "UntagRole": frozenset({"tags"}),
+}
+IAM_EVENTS = frozenset(ROLE_EVENTS)
 KMS_EVENTS = frozenset({"RetireGrant", "RevokeGrant"})
 
 

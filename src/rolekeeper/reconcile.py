@@ -17,6 +17,11 @@ from rolekeeper.errors import Conflict
 
 logger = Logger(child=True)
 
+# What a role's desired state is made of; the healer repairs only those an event names.
+ASPECTS = frozenset({"trust", "policies", "profile", "boundary", "tags"})
+# "Not read yet" for a role the caller may already have read (None would mean "absent").
+UNREAD: Any = object()
+
 
 @dataclass(frozen=True)
 class LinkedRoleSpec:
@@ -196,9 +201,10 @@ def canonical(document: Any) -> Any:
 # --- converge -------------------------------------------------------------------------------
 
 
-def converge_linked_role(spec: LinkedRoleSpec) -> RoleOutcome:
+def converge_linked_role(spec: LinkedRoleSpec, *, current: dict[str, Any] | None = UNREAD) -> RoleOutcome:
+    """current: the role as the caller just read it (None: absent), saving a GetRole."""
     name = spec.role_name
-    role = iam.get_role(name)
+    role = iam.get_role(name) if current is UNREAD else current
     created = False
     changes: list[str] = []
     if role is None:
@@ -225,6 +231,9 @@ def converge_role(
     prune: bool = False,
     rollback: bool = True,
     healing: bool = False,
+    current: dict[str, Any] | None = UNREAD,
+    attached: set[str] | None = None,
+    aspects: frozenset[str] = ASPECTS,
 ) -> RoleOutcome:
     """Bring a regular role to spec (the union of its claims' wants).
 
@@ -235,11 +244,16 @@ def converge_role(
     blueprint's policy and instance profile and nothing else changes. On failure after creating
     the role, what this call made is removed (the healer, which never deletes, passes
     rollback=False and completes the role on its retry instead). healing=True restores the
-    blueprint's trust statement on a role that lost it, and never removes anything."""
+    blueprint's trust statement on a role that lost it, and never removes anything.
+
+    What the caller already read saves calls: current (the role as GetRole returned it, None for
+    absent), attached (its managed policies). aspects limits the work on an existing role to
+    those parts of the spec (the healer repairs what one event names); a missing role is always
+    made whole."""
     from rolekeeper import ownership
 
     description = f"Managed by rolekeeper (blueprint {spec.blueprint})"
-    role = iam.get_role(spec.name)
+    role = iam.get_role(spec.name) if current is UNREAD else current
     if role is None:
         trust = {"Version": "2012-10-17", "Statement": [spec.trust_statement]}
         try:
@@ -274,7 +288,15 @@ def converge_role(
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
     if ownership.owns(role, created_role_id):
         return _complete(
-            spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=True, healing=healing
+            spec,
+            role,
+            fresh=False,
+            made=set(),
+            added=set(added),
+            prune=prune,
+            ours=True,
+            attached=attached,
+            aspects=aspects,
         )
     if healing and fixed_blueprint(spec.name) is None:
         raise Conflict(f"role {spec.name} was replaced by a role rolekeeper did not create; left untouched")
@@ -284,7 +306,17 @@ def converge_role(
             raise Conflict(refusal)
     if not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals) and not healing:
         raise Conflict(f"role {spec.name} exists but does not trust {spec.principals[0]}; left untouched")
-    return _complete(spec, role, fresh=False, made=set(), added=set(added), prune=prune, ours=False)
+    return _complete(
+        spec,
+        role,
+        fresh=False,
+        made=set(),
+        added=set(added),
+        prune=prune,
+        ours=False,
+        attached=attached,
+        aspects=aspects,
+    )
 
 
 def undo_created_role(name: str, *, profile_created: bool) -> None:
@@ -306,9 +338,10 @@ def _complete(
     added: set[str],
     prune: bool,
     ours: bool = True,
-    healing: bool = False,
+    attached: set[str] | None = None,
+    aspects: frozenset[str] = ASPECTS,
 ) -> RoleOutcome:
-    """Add what spec wants and the role lacks. Trust, boundary and tags change only on a role
+    """Add what spec wants and the role lacks (of aspects; attached: its policies, if known). Trust, boundary and tags change only on a role
     rolekeeper created (ours); on an adopted role the trust policy only ever gains the blueprint's
     statement when it has lost every statement trusting the blueprint's principal."""
     from rolekeeper import ownership
@@ -325,7 +358,9 @@ def _complete(
     )
     changes = outcome.changes
     current = role.get("AssumeRolePolicyDocument") or {}
-    if ours and not fresh:
+    if "trust" not in aspects:
+        pass
+    elif ours and not fresh:
         wanted = merged_trust(current, spec.trust_statement, spec.principals)
         if canonical(wanted) != canonical(current):
             iam.update_trust(name, wanted)
@@ -334,27 +369,30 @@ def _complete(
         statements = _as_list(current.get("Statement"))
         iam.update_trust(name, {"Version": "2012-10-17", "Statement": [*statements, spec.trust_statement]})
         changes.append("trust statement added")
-    attached = set() if fresh else iam.attached_policies(name)
-    for arn in spec.policy_arns:
-        if arn not in attached:
-            iam.attach(name, arn)
-            outcome.added.add(ownership.policy_piece(arn))
-            changes.append(f"attach {arn}")
+    if "policies" in aspects:
+        if attached is None:
+            attached = set() if fresh else iam.attached_policies(name)
+        for arn in spec.policy_arns:
+            if arn not in attached:
+                iam.attach(name, arn)
+                outcome.added.add(ownership.policy_piece(arn))
+                changes.append(f"attach {arn}")
+    attached = attached or set()
     current_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
     current_tags = {t["Key"].lower(): t["Value"] for t in role.get("Tags", [])}
     if ours and not fresh:
-        # A boundary is set by the provisioner only (the healer's role cannot replace one).
-        if spec.boundary and current_boundary != spec.boundary and not healing:
+        # Only on a role rolekeeper created: an adopted role's boundary and tags are its owner's.
+        if "boundary" in aspects and spec.boundary and current_boundary != spec.boundary:
             iam.set_boundary(name, spec.boundary)
             outcome.added.add(ownership.boundary_piece(spec.boundary))
             changes.append("boundary")
         missing = {k: v for k, v in spec.tags.items() if current_tags.get(k.lower()) != v}
-        if missing:
+        if missing and "tags" in aspects:
             # The marker rides along: IAM lets rolekeeper tag a prefixed role only with it (template.yaml).
             iam.tag(name, {**missing, MARKER_TAG_KEY: MARKER_TAG_VALUE})
             outcome.added |= {ownership.tag_piece(k) for k in missing}
             changes.append("tags")
-    if spec.instance_profile:
+    if spec.instance_profile and "profile" in aspects:
         profile = _ensure_profile(spec, fresh=fresh, made=made)
         outcome.instance_profile_name = profile["InstanceProfileName"]
         outcome.instance_profile_arn = profile["Arn"]

@@ -113,6 +113,8 @@ class Record:
     deletion_task_id: str = ""
     deleting_since: int = 0
     claim_count: int = 0
+    # When its last heal ended (0: never), as read: a heal that ends later changes it.
+    healed_at: float = 0.0
 
     @property
     def healable(self) -> bool:
@@ -182,6 +184,7 @@ def _record(item: dict[str, Any]) -> Record:
         "heal_count",
         "heal_window",
         "heal_lease",
+        "heal_lease_by",
         "healed_at",
         "updated_at",
         "added",
@@ -189,7 +192,6 @@ def _record(item: dict[str, Any]) -> Record:
         "state",
         "deleting_by",
         "deletion_task_id",
-        "heal_lease_by",
     }
     added = item.get("added")
     return Record(
@@ -207,6 +209,7 @@ def _record(item: dict[str, Any]) -> Record:
         deletion_task_id=item.get("deletion_task_id", {}).get("S", ""),
         deleting_since=_number(item, "deleting_since"),
         claim_count=_number(item, "claim_count"),
+        healed_at=float(item.get("healed_at", {}).get("N", "0")),
     )
 
 
@@ -706,76 +709,193 @@ class Registry:
             record.claims = claims.get(key, [])
         return list(objects.values())
 
-    # Healing bookkeeping: a short lease so concurrent invocations heal an object once, and a
-    # per-object count in a sliding hour so a fight with someone deleting it stops.
-    def begin_heal(self, key: str, *, now: float, lease_seconds: int) -> tuple[bool, float]:
-        """Take the object's heal lease. Returns (taken, when the last heal ended: 0 if never);
-        taken is False when another invocation holds the lease."""
-        from botocore.exceptions import ClientError
-
-        try:
-            result = aws.dynamodb().update_item(
-                TableName=self.table,
-                Key={"pk": _s(key), "sk": _s(OBJECT)},
-                UpdateExpression="SET heal_lease = :until",
-                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(heal_lease) OR heal_lease < :now)",
-                ExpressionAttributeValues={
-                    ":until": {"N": str(int(now) + lease_seconds)},
-                    ":now": {"N": str(int(now))},
-                },
-                ReturnValues="ALL_OLD",
-            )
-        except ClientError as error:
-            if aws.error_code(error) == "ConditionalCheckFailedException":
-                return False, 0.0
-            raise
-        return True, float(result.get("Attributes", {}).get("healed_at", {}).get("N", "0"))
-
-    def count_heal(self, key: str, *, now: float, limit: int, window: int = 3600) -> bool:
-        """Count one heal in the object's hour; False (nothing counted) when the limit is reached."""
-        from botocore.exceptions import ClientError
-
+    # Healing bookkeeping: a short lease so concurrent invocations heal an object once, a
+    # per-object count in a sliding hour so a fight with someone deleting it stops, and a final
+    # write that lands only while the object is still registered, claimed, not being deleted and
+    # the lease still this invocation's (a stack's last Delete never has its record written back).
+    def begin_heal(
+        self, key: str, *, token: str, now: float, lease_seconds: int, limit: int, window: int = 3600
+    ) -> Lease:
+        """Take the object's heal lease (heal_lease_by = token) and count the heal, in one
+        conditional write: only while the object is registered, claimed and not being deleted,
+        the lease is free and the hour's count is below limit. A second write only when the
+        limit is reached and the hour has passed (a new window)."""
         db = aws.dynamodb()
+        until = {"N": str(int(now) + lease_seconds)}
+        values: dict[str, Any] = {
+            **_LIVE_VALUES,
+            ":now": {"N": str(int(now))},
+            ":until": until,
+            ":token": _s(token),
+            ":one": {"N": "1"},
+        }
+        attempts = [
+            (
+                "SET heal_lease = :until, heal_lease_by = :token, heal_window = if_not_exists(heal_window, :now) "
+                "ADD heal_count :one",
+                "attribute_not_exists(heal_count) OR heal_count < :limit",
+                {":limit": {"N": str(limit)}},
+            ),
+            (
+                "SET heal_lease = :until, heal_lease_by = :token, heal_window = :now, heal_count = :one",
+                "heal_window < :expired",
+                {":expired": {"N": str(int(now) - window)}},
+            ),
+        ]
+        lease = Lease("limited")
+        for update, count_condition, extra in attempts:
+            try:
+                result = db.update_item(
+                    TableName=self.table,
+                    Key={"pk": _s(key), "sk": _s(OBJECT)},
+                    UpdateExpression=update,
+                    ConditionExpression=f"{_LIVE} AND {_LEASE_FREE} AND ({count_condition})",
+                    ExpressionAttributeNames=_LIVE_NAMES,
+                    ExpressionAttributeValues={**values, **extra},
+                    ReturnValues="ALL_OLD",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except Exception as error:
+                if aws.error_code(error) != "ConditionalCheckFailedException":
+                    raise
+                lease = Lease(_why_not(getattr(error, "response", {}).get("Item"), now=now))
+                # Only a full hour's count with its window passed is worth the second write.
+                if lease.state != "limited":
+                    return lease
+                continue
+            old = result.get("Attributes", {})
+            return Lease("taken", float(old.get("healed_at", {}).get("N", "0")))
+        return lease
+
+    def end_heal(
+        self, key: str, *, token: str, healed_at: float | None = None, uncount: bool = False
+    ) -> None:
+        """Give the lease back without recording a heal (uncount: the heal counted by begin_heal
+        did not happen). Only this invocation's lease; an item that is gone stays gone."""
+        update = "REMOVE heal_lease, heal_lease_by"
+        values: dict[str, Any] = {":token": _s(token)}
+        sets = []
+        if healed_at is not None:
+            sets.append("healed_at = :t")
+            values[":t"] = {"N": f"{healed_at:.3f}"}
+        if sets:
+            update = "SET " + ", ".join(sets) + " " + update
+        if uncount:
+            update += " ADD heal_count :minus"
+            values[":minus"] = {"N": "-1"}
         try:
-            db.update_item(
+            aws.dynamodb().update_item(
                 TableName=self.table,
                 Key={"pk": _s(key), "sk": _s(OBJECT)},
-                UpdateExpression="SET heal_window = if_not_exists(heal_window, :now) ADD heal_count :one",
-                ConditionExpression="attribute_not_exists(heal_count) OR heal_count < :limit",
-                ExpressionAttributeValues={
-                    ":now": {"N": str(int(now))},
-                    ":one": {"N": "1"},
-                    ":limit": {"N": str(limit)},
-                },
+                UpdateExpression=update,
+                ConditionExpression="heal_lease_by = :token",
+                ExpressionAttributeValues=values,
             )
-            return True
-        except ClientError as error:
+        except Exception as error:
             if aws.error_code(error) != "ConditionalCheckFailedException":
                 raise
-        # At the limit: start a new window if the old one has passed, else refuse.
+
+    def record_heal(
+        self,
+        key: str,
+        *,
+        attrs: dict[str, str],
+        created_now: bool,
+        added: set[str] | frozenset[str] = frozenset(),
+        token: str | None = None,
+        healed_at: float | None = None,
+        expected: dict[str, str] | None = None,
+        now: float | None = None,
+    ) -> str:
+        """A heal's one write: what it made (attrs, created, added pieces) and, with token, the
+        end of its lease; never desired (a concurrent Update's) and never a new item. Conditional
+        on the object being registered, claimed and not being deleted, on holding the lease
+        (token) and on expected attributes still as read. Returns "recorded", or why not: "gone",
+        "unclaimed", "deleting", "lost" (the lease is someone else's) or "changed"."""
+        names = dict(_LIVE_NAMES)
+        values: dict[str, Any] = dict(_LIVE_VALUES)
+        sets = ["pieces_tracked = :tracked"]
+        values[":tracked"] = {"BOOL": True}
+        if created_now:
+            sets.append("created = :created")
+            values[":created"] = {"BOOL": True}
+        for i, (name, value) in enumerate(sorted(attrs.items())):
+            names[f"#a{i}"] = name
+            values[f":a{i}"] = _s(value)
+            sets.append(f"#a{i} = :a{i}")
+        if healed_at is not None:
+            sets.append("healed_at = :t")
+            values[":t"] = {"N": f"{healed_at:.3f}"}
+        expression = "SET " + ", ".join(sets)
+        conditions = [_LIVE]
+        if token is not None:
+            expression += " REMOVE heal_lease, heal_lease_by"
+            conditions.append("heal_lease_by = :token")
+            values[":token"] = _s(token)
+        for i, (name, value) in enumerate(sorted((expected or {}).items())):
+            names[f"#e{i}"] = name
+            values[f":e{i}"] = _s(value)
+            conditions.append(f"#e{i} = :e{i}")
+        if added:
+            names["#added"] = "added"
+            values[":added"] = {"SS": sorted(added)}
+            expression += " ADD #added :added"
         try:
-            db.update_item(
+            aws.dynamodb().update_item(
                 TableName=self.table,
                 Key={"pk": _s(key), "sk": _s(OBJECT)},
-                UpdateExpression="SET heal_window = :now, heal_count = :one",
-                ConditionExpression="heal_window < :expired",
-                ExpressionAttributeValues={
-                    ":now": {"N": str(int(now))},
-                    ":one": {"N": "1"},
-                    ":expired": {"N": str(int(now) - window)},
-                },
+                UpdateExpression=expression,
+                ConditionExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except ClientError as error:
-            if aws.error_code(error) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        except Exception as error:
+            if aws.error_code(error) != "ConditionalCheckFailedException":
+                raise
+            old = getattr(error, "response", {}).get("Item")
+            why = _why_not(old, now=None)
+            if why != "limited":
+                return why
+            return (
+                "lost"
+                if token is not None and old and old.get("heal_lease_by", {}).get("S") != token
+                else "changed"
+            )
+        return "recorded"
 
-    def end_heal(self, key: str, *, healed_at: float | None = None) -> None:
-        kwargs: dict[str, Any] = {"UpdateExpression": "REMOVE heal_lease"}
-        if healed_at is not None:
-            kwargs = {
-                "UpdateExpression": "SET healed_at = :t REMOVE heal_lease",
-                "ExpressionAttributeValues": {":t": {"N": f"{healed_at:.3f}"}},
-            }
-        aws.dynamodb().update_item(TableName=self.table, Key={"pk": _s(key), "sk": _s(OBJECT)}, **kwargs)
+
+# An object a heal may touch: registered (an item with its kind: never a skeleton), claimed, and
+# not being deleted by a stack's last Delete (state "deleting"; absent means present).
+_LIVE = (
+    "attribute_exists(kind) AND claim_count > :zero AND (attribute_not_exists(#state) OR #state <> :deleting)"
+)
+_LIVE_NAMES = {"#state": "state"}
+_LIVE_VALUES: dict[str, Any] = {":zero": {"N": "0"}, ":deleting": {"S": "deleting"}}
+_LEASE_FREE = "(attribute_not_exists(heal_lease) OR heal_lease < :now)"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Whether begin_heal took the lease ("taken") and, if not, why: "held" (another invocation
+    heals it), "limited" (the hour's heals are used up), "gone", "unclaimed", "deleting"."""
+
+    state: str
+    last_healed: float = 0.0  # when the last heal ended (0: never), for "taken"
+
+    @property
+    def taken(self) -> bool:
+        return self.state == "taken"
+
+
+def _why_not(item: dict[str, Any] | None, *, now: float | None) -> str:
+    """Why a conditional heal write failed, from the item as it was (ALL_OLD)."""
+    if not item or "kind" not in item:
+        return "gone"
+    if item.get("state", {}).get("S") == "deleting":
+        return "deleting"
+    if float(item.get("claim_count", {}).get("N", "0")) <= 0:
+        return "unclaimed"
+    if now is not None and float(item.get("heal_lease", {}).get("N", "0")) >= int(now):
+        return "held"
+    return "limited"

@@ -246,10 +246,10 @@ def test_a_last_delete_waits_for_a_heal_under_way(env: Env, no_waiting):
 
     created = env.stack.send("role-ecs-instance-create.json", props=DELETE)
     key = role_key(ECS)
-    taken, _ = registry().begin_heal(key, now=time.time(), lease_seconds=120)
-    assert taken
+    lease = registry().begin_heal(key, token="healer-1", now=time.time(), lease_seconds=120, limit=10)
+    assert lease.state == "taken"
     # The heal ends while the Delete waits (the 2nd look finds the lease gone).
-    At("UpdateItem", before={3: lambda: registry().end_heal(key)}).install()
+    At("UpdateItem", before={3: lambda: registry().end_heal(key, token="healer-1")}).install()
     ok(delete(env.stack, created))
     assert no_waiting, "the Delete did not wait for the heal"
     with pytest.raises(env.iam.exceptions.NoSuchEntityException):
@@ -279,3 +279,24 @@ def test_an_update_abandoned_at_the_deadline_puts_the_claim_back_as_it_was(env: 
     [claim] = registry().get(role_key(ECS)).claims
     assert claim == before and claim.heal is True, "the abandoned Update's claim stayed"
     assert env.iam.get_role(RoleName=ECS)["Role"]["RoleName"] == ECS
+
+
+def test_the_scheduled_reconcile_reissues_a_grant_made_for_a_replaced_grantee(env: Env):
+    """Before: the reconcile only checked that the grant id exists (it does: KMS keeps a grant to
+    a deleted role's old id), so a stale grant looked healthy."""
+    from tests.conftest import load_event
+    from tests.integration.test_faults import _grant_act, _grant_setup
+
+    _grant_setup(env)
+    granted = _grant_act(env)
+    ok(granted)
+    env.iam.delete_service_linked_role(RoleName=SPOT_FLEET)
+    env.iam.create_service_linked_role(AWSServiceName="spotfleet.amazonaws.com")
+    new_role_id = env.iam.get_role(RoleName=SPOT_FLEET)["Role"]["RoleId"]
+    assert granted["Data"]["GrantId"] in {g["GrantId"] for g in env.grants()}
+    result = env.heal(load_event("heal-scheduled.json"))
+    assert result["outcome"] == "reconciled", result
+    [live] = env.grants()
+    assert live["GrantId"] != granted["Data"]["GrantId"] and new_role_id in live["Name"]
+    [record] = registry().grants_naming(SPOT_FLEET)
+    assert record.attrs["grantee_role_id"] == new_role_id

@@ -424,6 +424,11 @@ def _heal_ecs_detached_setup(env: Env) -> None:
     env.iam.detach_role_policy(RoleName=ECS, PolicyArn=ECS_POLICY)
 
 
+def _heal_ecs_profile_setup(env: Env) -> None:
+    ok(env.stack.send("role-ecs-instance-create.json"))
+    env.iam.remove_role_from_instance_profile(InstanceProfileName=ECS, RoleName=ECS)
+
+
 def _healed_ecs(env: Env, result: dict[str, Any]) -> None:
     assert result["outcome"] in ("healed", "healthy"), result
     ecs_complete(env)
@@ -504,6 +509,12 @@ HEALER_SCENARIOS: dict[str, Scenario] = {
     "heal-ecs-detached": Scenario(
         _heal_ecs_detached_setup, lambda env: env.heal(event("heal-detach-role-policy.json")), _healed_ecs
     ),
+    # A DetachRolePolicy heal checks the policies only; this one lists the role's profiles.
+    "heal-ecs-profile": Scenario(
+        _heal_ecs_profile_setup,
+        lambda env: env.heal(event("heal-remove-role-from-instance-profile.json")),
+        _healed_ecs,
+    ),
     "heal-trust": Scenario(
         _heal_trust_setup, lambda env: env.heal(event("heal-update-assume-role-policy.json")), _healed_trust
     ),
@@ -520,7 +531,7 @@ HEALER_OPERATIONS: list[tuple[str, str]] = [
     ("AttachRolePolicy", "heal-ecs-deleted"),
     ("CreateInstanceProfile", "heal-ecs-deleted"),
     ("AddRoleToInstanceProfile", "heal-ecs-deleted"),
-    ("ListInstanceProfilesForRole", "heal-ecs-detached"),
+    ("ListInstanceProfilesForRole", "heal-ecs-profile"),
     ("ListAttachedRolePolicies", "heal-ecs-detached"),
     ("UpdateAssumeRolePolicy", "heal-trust"),
     ("GetServiceLinkedRoleDeletionStatus", "heal-slr-deleted"),

@@ -381,3 +381,327 @@ def test_healer_reads_a_record_whose_response_elements_is_not_an_object(stack, h
     assert result["outcome"] == "healed", result
     attached = [p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=ECS)["AttachedPolicies"]]
     assert attached == [ECS_POLICY]
+
+
+# --- issue 9: DeleteServiceLinkedRole without a deletion task id ------------------------------
+
+
+def _now_iso() -> str:
+    """CloudTrail's eventTime for a call made now (whole seconds; a second on, so that it is
+    after the CreateDate of a role made in this same second)."""
+    import datetime
+
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+    return later.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _slr_deleted_event_without_task_id(event_time: str) -> dict[str, Any]:
+    payload = event("heal-delete-service-linked-role.json", eventTime=event_time)
+    payload["detail"].pop("responseElements")
+    return payload
+
+
+def test_healer_waits_for_slr_to_disappear_without_task_id_then_recreates(
+    spot_fleet_with_grant, heal, deletion_tasks, monkeypatch
+):
+    from rolekeeper import healing
+
+    slr, key_arn, grant = spot_fleet_with_grant
+    deletion_tasks.asynchronous = True
+    requested = _now_iso()
+    iam().delete_service_linked_role(RoleName=SPOT_FLEET)
+    polls: list[float] = []
+
+    def finish_on_second_wait(delay: float) -> None:
+        polls.append(delay)
+        if len(polls) == 2:
+            deletion_tasks.finish()  # IAM completes the deletion while the healer waits
+
+    monkeypatch.setattr(healing, "sleep", finish_on_second_wait)
+    result = heal(_slr_deleted_event_without_task_id(requested))
+    assert result["outcome"] == "healed", result
+    assert polls == [1.0, 2.0]
+    role = iam().get_role(RoleName=SPOT_FLEET)["Role"]
+    assert role["RoleId"] != slr["Data"]["RoleId"]
+    (current,) = boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]
+    assert current["GrantId"] != grant["Data"]["GrantId"] and role["RoleId"] in current["Name"]
+    assert registry().get(role_key(SPOT_FLEET)).attrs["role_id"] == role["RoleId"]
+
+
+def test_healer_retries_later_when_slr_stays_without_task_id(
+    spot_fleet_with_grant, heal, deletion_tasks, monkeypatch
+):
+    from rolekeeper import healing
+    from rolekeeper.healing import DELETION_POLL_DELAYS, RetryLater
+
+    slr, _key, _grant = spot_fleet_with_grant
+    deletion_tasks.asynchronous = True
+    requested = _now_iso()
+    iam().delete_service_linked_role(RoleName=SPOT_FLEET)
+    polls: list[float] = []
+    monkeypatch.setattr(healing, "sleep", polls.append)
+    with pytest.raises(RetryLater):
+        heal(_slr_deleted_event_without_task_id(requested))
+    assert polls == list(DELETION_POLL_DELAYS)  # bounded
+    assert iam().get_role(RoleName=SPOT_FLEET)["Role"]["RoleId"] == slr["Data"]["RoleId"]
+    # Lambda's retry, after IAM finished: the role comes back
+    deletion_tasks.finish()
+    assert heal(_slr_deleted_event_without_task_id(requested))["outcome"] == "healed"
+    assert iam().get_role(RoleName=SPOT_FLEET)["Role"]["RoleId"] != slr["Data"]["RoleId"]
+
+
+def test_healer_redelivered_slr_delete_without_task_id_after_the_heal_does_not_wait(
+    spot_fleet_with_grant, heal, monkeypatch
+):
+    from rolekeeper import healing
+
+    iam().delete_service_linked_role(RoleName=SPOT_FLEET)  # finishes at once
+    payload = _slr_deleted_event_without_task_id("2026-01-01T00:00:00Z")
+    assert heal(payload)["outcome"] == "healed"
+    polls: list[float] = []
+    monkeypatch.setattr(healing, "sleep", polls.append)
+    # The role there now was made after the deletion was asked for: nothing to wait for
+    assert heal(payload)["outcome"] == "healthy"
+    assert polls == []
+
+
+# --- issue 9: permissions boundaries and tags -------------------------------------------------
+
+APP = "app-web"
+
+
+@pytest.fixture
+def boundary_arns(aws) -> tuple[str, str]:
+    document = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}],
+        }
+    )
+    return tuple(  # type: ignore[return-value]
+        iam().create_policy(PolicyName=name, PolicyDocument=document)["Policy"]["Arn"]
+        for name in ("app-boundary", "wide-open")
+    )
+
+
+def _boundary_of(name: str) -> str | None:
+    return (iam().get_role(RoleName=name)["Role"].get("PermissionsBoundary") or {}).get(
+        "PermissionsBoundaryArn"
+    )
+
+
+def _role_event(event_name: str, **parameters: str) -> dict[str, Any]:
+    return event(
+        "heal-delete-role.json", eventName=event_name, requestParameters={"roleName": APP, **parameters}
+    )
+
+
+def test_healer_puts_back_a_removed_boundary(stack, heal, boundary_arns):
+    boundary, _other = boundary_arns
+    created = stack.send("role-ec2-application-create.json", props={"PermissionsBoundary": boundary})
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    iam().delete_role_permissions_boundary(RoleName=APP)
+    result = heal(_role_event("DeleteRolePermissionsBoundary"))
+    assert result["outcome"] == "healed", result
+    assert _boundary_of(APP) == boundary
+
+
+def test_healer_puts_back_a_replaced_boundary(stack, heal, boundary_arns):
+    boundary, other = boundary_arns
+    stack.send("role-ec2-application-create.json", props={"PermissionsBoundary": boundary})
+    iam().put_role_permissions_boundary(RoleName=APP, PermissionsBoundary=other)
+    assert heal(_role_event("PutRolePermissionsBoundary", permissionsBoundary=other))["outcome"] == "healed"
+    assert _boundary_of(APP) == boundary
+
+
+def test_healer_leaves_a_boundary_no_claim_wants(stack, heal, boundary_arns):
+    _boundary, other = boundary_arns
+    stack.send("role-ec2-application-create.json")
+    iam().put_role_permissions_boundary(RoleName=APP, PermissionsBoundary=other)
+    assert heal(_role_event("PutRolePermissionsBoundary", permissionsBoundary=other))["outcome"] == "healthy"
+    assert _boundary_of(APP) == other
+
+
+def test_healer_puts_back_a_removed_tag(stack, heal):
+    stack.send("role-ec2-application-create.json", props={"Tags": [{"Key": "team", "Value": "web"}]})
+    iam().untag_role(RoleName=APP, TagKeys=["team"])
+    result = heal(_role_event("UntagRole", tagKeys=["team"]))  # type: ignore[arg-type]
+    assert result["outcome"] == "healed", result
+    tags = {t["Key"]: t["Value"] for t in iam().get_role(RoleName=APP)["Role"]["Tags"]}
+    assert tags == {"team": "web", "rolekeeper:managed": "true"}
+
+
+def test_scheduled_reconcile_restores_boundary_and_tag_value(stack, heal, boundary_arns):
+    boundary, _other = boundary_arns
+    stack.send(
+        "role-ec2-application-create.json",
+        props={"PermissionsBoundary": boundary, "Tags": [{"Key": "team", "Value": "web"}]},
+    )
+    iam().delete_role_permissions_boundary(RoleName=APP)
+    iam().tag_role(RoleName=APP, Tags=[{"Key": "team", "Value": "someone-else"}])  # no event for this one
+    result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
+    assert result["healed"] == 1, result
+    assert _boundary_of(APP) == boundary
+    tags = {t["Key"]: t["Value"] for t in iam().get_role(RoleName=APP)["Role"]["Tags"]}
+    assert tags["team"] == "web"
+
+
+# --- issue 9 case 6: the healer and a stack's Delete ------------------------------------------
+
+
+def _forget(key: str) -> None:
+    """A last Delete's registry effects: the claim released, the object forgotten."""
+    reg = registry()
+    for claim in reg.get(key).claims:
+        reg.release(key, claim.stack_id, claim.logical_id)
+    reg.forget(key)
+
+
+def _mark_deleting(key: str) -> None:
+    boto3.client("dynamodb").update_item(
+        TableName=os.environ["REGISTRY_TABLE_NAME"],
+        Key={"pk": {"S": key}, "sk": {"S": "OBJECT"}},
+        UpdateExpression="SET #s = :d",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":d": {"S": "deleting"}},
+    )
+
+
+def _release_only(key: str) -> None:
+    reg = registry()
+    for claim in reg.get(key).claims:
+        reg.release(key, claim.stack_id, claim.logical_id)
+
+
+DELETE_EFFECTS = {"forgotten": _forget, "deleting": _mark_deleting, "released": _release_only}
+IGNORED_BECAUSE = {
+    "forgotten": "no longer registered",
+    "deleting": "a stack's Delete is removing it",
+    "released": "no stack claims it any more",
+}
+
+
+def _object_item(key: str) -> dict[str, Any] | None:
+    return (
+        boto3.client("dynamodb")
+        .get_item(TableName=os.environ["REGISTRY_TABLE_NAME"], Key={"pk": {"S": key}, "sk": {"S": "OBJECT"}})
+        .get("Item")
+    )
+
+
+@pytest.mark.parametrize("effect", sorted(DELETE_EFFECTS))
+def test_a_delete_between_the_healers_read_and_its_lease_stops_the_heal(stack, heal, monkeypatch, effect):
+    stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
+    delete_ecs_role_by_hand()
+    key = role_key(ECS)
+    real_begin = Registry.begin_heal
+
+    def delete_first(self, *args, **kwargs):
+        DELETE_EFFECTS[effect](key)
+        return real_begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "begin_heal", delete_first)
+    result = heal(event("heal-delete-role.json"))
+    assert result["outcome"] == "ignored"
+    assert result["detail"] == IGNORED_BECAUSE[effect]
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]  # nothing recreated in IAM
+    item = _object_item(key)
+    if effect == "forgotten":
+        assert item is None  # no item recreated
+    else:
+        assert "heal_lease" not in item and "heal_lease_by" not in item and "heal_count" not in item
+
+
+@pytest.mark.parametrize("effect", sorted(DELETE_EFFECTS))
+def test_a_delete_between_the_lease_and_the_final_write_is_not_written_over(stack, heal, monkeypatch, effect):
+    stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
+    delete_ecs_role_by_hand()
+    key = role_key(ECS)
+    before = _object_item(key)
+    real_record = Registry.record_heal
+
+    def delete_first(self, *args, **kwargs):
+        DELETE_EFFECTS[effect](key)
+        return real_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "record_heal", delete_first)
+    result = heal(event("heal-delete-role.json"))
+    assert result["outcome"] == "ignored"
+    assert result["detail"] == f"released while healing: {IGNORED_BECAUSE[effect]}"
+    item = _object_item(key)
+    if effect == "forgotten":
+        assert item is None  # not recreated as an unclaimed created=true record
+        return
+    # Nothing of the heal written; the lease given back so a waiting Delete goes on
+    assert item["role_id"] == before["role_id"]
+    assert "healed_at" not in item and "heal_lease" not in item and "heal_lease_by" not in item
+
+
+def test_scheduled_reconcile_does_not_recreate_what_a_delete_released_after_its_scan(
+    stack, heal, monkeypatch
+):
+    from rolekeeper import iam as iam_ops
+
+    created = stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
+    real_details = iam_ops.role_details
+
+    def delete_after_the_scan():
+        # The stack's Delete lands after the registry was scanned, before IAM is listed.
+        response = stack.send(
+            "role-ecs-instance-delete.json",
+            props={"OnDelete": "Delete"},
+            PhysicalResourceId=created["PhysicalResourceId"],
+        )
+        assert response["Status"] == "SUCCESS"
+        return real_details()
+
+    monkeypatch.setattr(iam_ops, "role_details", delete_after_the_scan)
+    result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
+    assert result.get("healed", 0) == 0, result
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+    assert _object_item(role_key(ECS)) is None
+
+
+def test_scheduled_reconcile_stops_when_the_delete_starts_between_its_read_and_its_lease(
+    stack, heal, monkeypatch
+):
+    stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
+    delete_ecs_role_by_hand()
+    key = role_key(ECS)
+    real_begin = Registry.begin_heal
+
+    def deleting_first(self, *args, **kwargs):
+        _mark_deleting(key)
+        return real_begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "begin_heal", deleting_first)
+    result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
+    assert result.get("healed", 0) == 0 and result["ignored"] == 1, result
+    assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+
+
+def test_a_held_lease_coalesces_and_an_expired_one_is_taken(stack, aws):
+    reg = registry()
+    stack.send("role-ecs-instance-create.json")
+    key = role_key(ECS)
+    first = reg.begin_heal(key, token="a", now=1000, lease_seconds=120, limit=5)
+    assert first.taken
+    assert reg.begin_heal(key, token="b", now=1060, lease_seconds=120, limit=5).state == "held"
+    # Only the holder's token gives it back or records
+    assert reg.record_heal(key, token="b", attrs={"role_id": "X"}, created_now=False) == "lost"
+    assert reg.begin_heal(key, token="b", now=1121, lease_seconds=120, limit=5).taken  # expired
+    assert reg.record_heal(key, token="b", attrs={}, created_now=False, healed_at=1122) == "recorded"
+    assert reg.get(key).healed_at == 1122
+    assert _object_item(key)["heal_count"]["N"] == "2"
+
+
+def test_the_hour_limit_resets_with_a_second_write_only_when_the_window_passed(stack, aws):
+    reg = registry()
+    stack.send("role-ecs-instance-create.json")
+    key = role_key(ECS)
+    for i in range(2):
+        assert reg.begin_heal(key, token=f"t{i}", now=1000 + i, lease_seconds=120, limit=2).taken
+        reg.end_heal(key, token=f"t{i}")
+    assert reg.begin_heal(key, token="x", now=1500, lease_seconds=120, limit=2).state == "limited"
+    assert reg.begin_heal(key, token="y", now=1000 + 3601, lease_seconds=120, limit=2).taken
+    assert _object_item(key)["heal_count"]["N"] == "1"

@@ -175,7 +175,6 @@ def test_grants_go_to_the_spot_fleet_role_only(function):
         "iam:DetachRolePolicy",
         "iam:UntagRole",
         "iam:DeleteRolePermissionsBoundary",
-        "iam:PutRolePermissionsBoundary",
         "iam:RemoveRoleFromInstanceProfile",
         "iam:DeleteInstanceProfile",
         "iam:DeleteServiceLinkedRole",
@@ -194,6 +193,25 @@ def test_grants_go_to_the_spot_fleet_role_only(function):
 )
 def test_the_healer_can_remove_nothing(action, resource):
     assert not can("HealerFunction", action, resource, EVERYTHING)
+
+
+@pytest.mark.parametrize(
+    ("resource", "context", "allowed"),
+    [
+        (f"{IAM}:role/ecsInstanceRole", {}, True),
+        (f"{IAM}:role/batch/AWSBatchServiceRole", {}, True),
+        (f"{IAM}:role/app-web", MARKED, True),
+        (f"{IAM}:role/app-web", {}, False),
+        (f"{IAM}:role/app-team/Administrator", MARKED, False),
+        (f"{IAM}:role/Administrator", EVERYTHING, False),
+        (f"{IAM}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot", EVERYTHING, False),
+    ],
+)
+def test_the_healer_puts_a_boundary_back_only_where_the_provisioner_may_set_one(resource, context, allowed):
+    # Putting back the boundary a claim wants (issue 9): scoped as the provisioner's boundary
+    # statements, documented names and prefixed names carrying the marker tag.
+    assert can("HealerFunction", "iam:PutRolePermissionsBoundary", resource, context) is allowed
+    assert can("ProvisionerFunction", "iam:PutRolePermissionsBoundary", resource, context) is allowed
 
 
 def test_the_healer_may_revoke_a_grant_it_reissued_on_an_opted_in_key():

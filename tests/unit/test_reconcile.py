@@ -418,3 +418,91 @@ def test_scope_from_a_stack_id():
     assert scope == Scope("aws-us-gov", "us-gov-west-1", ACCOUNT)
     with pytest.raises(ValueError, match="not an ARN"):
         Scope.from_arn("stack/app")
+
+
+# --- healing.drift: what the healer and the schedule call damage (issue 9) --------------------
+
+BOUNDARY = "arn:aws:iam::123456789012:policy/app-boundary"
+SSM = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+
+def _app(*, boundary: str | None = BOUNDARY, tags: dict[str, str] | None = None, created: bool = True):
+    from rolekeeper.registry import Claim, Record
+
+    spec = RoleSpec(
+        blueprint="ec2-application",
+        name="app-web",
+        path="/",
+        trust_statement=allow("ec2.amazonaws.com"),
+        principals=("ec2.amazonaws.com",),
+        policy_arns=(SSM,),
+        boundary=boundary,
+        tags=tags if tags is not None else {"team": "web"},
+    )
+    attrs = {"name": "app-web", "role_id": "AROA1"} | ({"created_role_id": "AROA1"} if created else {})
+    return Record(
+        key="ROLE#app-web",
+        kind="role",
+        desired=spec.to_dict(),
+        created=created,
+        attrs=attrs,
+        claims=[Claim("stack", "Role", wants=spec.to_dict())],
+    )
+
+
+def _actual(*, boundary: str | None = BOUNDARY, tags: dict[str, str] | None = None, attached=(SSM,)):
+    from rolekeeper.healing import Actual
+
+    role = {
+        "RoleName": "app-web",
+        "RoleId": "AROA1",
+        "AssumeRolePolicyDocument": doc(allow("ec2.amazonaws.com")),
+        "Tags": [{"Key": k, "Value": v} for k, v in (tags if tags is not None else {"team": "web"}).items()],
+    }
+    if boundary:
+        role["PermissionsBoundary"] = {"PermissionsBoundaryArn": boundary}
+    return Actual(role=role, attached=set(attached))
+
+
+def test_drift_finds_nothing_on_a_role_as_wanted():
+    from rolekeeper.healing import drift
+
+    assert drift(_app(), _actual()) == []
+
+
+@pytest.mark.parametrize(
+    ("actual", "problem"),
+    [
+        ({"boundary": None}, "permissions boundary removed"),
+        ({"boundary": "arn:aws:iam::123456789012:policy/wide-open"}, "permissions boundary changed"),
+        ({"tags": {}}, "tag team removed"),
+        ({"tags": {"Team": "ops"}}, "tag team changed"),
+        ({"attached": ()}, f"policy {SSM} detached"),
+    ],
+)
+def test_drift_reports_each_wanted_attribute_taken_away(actual, problem):
+    from rolekeeper.healing import drift
+
+    assert drift(_app(), _actual(**actual)) == [problem]
+
+
+def test_drift_ignores_a_boundary_when_no_claim_wants_one():
+    from rolekeeper.healing import drift
+
+    assert drift(_app(boundary=None), _actual(boundary="arn:aws:iam::123456789012:policy/other")) == []
+
+
+def test_drift_leaves_an_adopted_roles_boundary_and_tags_to_its_owner():
+    from rolekeeper.healing import drift
+
+    assert drift(_app(created=False), _actual(boundary=None, tags={})) == []
+
+
+def test_drift_checks_only_what_an_event_names():
+    from rolekeeper.healing import drift
+
+    damaged = _actual(boundary=None, tags={}, attached=())
+    assert drift(_app(), damaged, frozenset({"boundary"})) == ["permissions boundary removed"]
+    assert drift(_app(), damaged, frozenset({"tags"})) == ["tag team removed"]
+    assert drift(_app(), damaged, frozenset({"policies"}), policy_arn="arn:aws:iam::aws:policy/Other") == []
+    assert drift(_app(), damaged, frozenset({"policies"}), policy_arn=SSM) == [f"policy {SSM} detached"]

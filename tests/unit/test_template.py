@@ -75,6 +75,24 @@ def test_template_rules_match_the_events_the_healer_handles(resolved):
     assert events["Reconcile"]["Type"] == "Schedule"
 
 
+def test_the_us_east_1_forwarder_forwards_every_event_the_healer_handles():
+    forwarder = yaml.load((ROOT / "examples" / "iam-events-forwarder.yaml").read_text(), Loader=Loader)  # noqa: S506
+    pattern = forwarder["Resources"]["IamEventsForwardRule"]["Properties"]["EventPattern"]
+    assert set(pattern["detail"]["eventName"]) == IAM_EVENTS
+
+
+def test_every_attribute_a_claim_wants_has_an_event_reporting_its_removal():
+    # Issue 9: each part of a role's desired state (reconcile.ASPECTS) is checked by the
+    # schedule (healing.drift) and has at least one watched event that names it.
+    from rolekeeper.events import ALL, ROLE_EVENTS
+    from rolekeeper.reconcile import ASPECTS
+
+    assert ALL == ASPECTS
+    partial = {name: aspects for name, aspects in ROLE_EVENTS.items() if aspects != ALL}
+    assert set().union(*partial.values()) == ASPECTS
+    assert {"PutRolePermissionsBoundary", "DeleteRolePermissionsBoundary", "UntagRole"} <= IAM_EVENTS
+
+
 def _statements() -> dict[str, list[dict[str, Any]]]:
     return {name: doc["Statement"] for name, doc in template_policies(ROOT / "template.yaml").items()}
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,7 @@ from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
 from rolekeeper.catalog import Scope
 from rolekeeper.config import settings
-from rolekeeper.events import IAM_EVENTS, KMS_EVENTS, CloudTrailEvent, ScheduledEvent
+from rolekeeper.events import IAM_EVENTS, KMS_EVENTS, ROLE_EVENTS, CloudTrailEvent, ScheduledEvent
 from rolekeeper.healing import Healer, Result
 from rolekeeper.notify import notify
 from rolekeeper.observability import logger, metrics
@@ -61,7 +62,7 @@ def _on_change(event: CloudTrailEvent) -> Result:
         grant_id = detail.parameter("grantId")
         if not grant_id:
             return Result("ignored", detail.event_name, "no grant id in the record")
-        result = healer().heal_grant(grant_id)
+        result = healer().heal_grant(grant_id, key_arn=detail.key_arn)
         _record(result, "grant")
         return result
     role_name = detail.parameter("roleName")
@@ -70,10 +71,33 @@ def _on_change(event: CloudTrailEvent) -> Result:
         role_name = detail.parameter("instanceProfileName")
     if not role_name:
         return Result("ignored", detail.event_name, "no role named in the record")
-    task_id = detail.parameter("deletionTaskId") if detail.event_name == "DeleteServiceLinkedRole" else None
-    result = healer().heal_role(role_name, deletion_task_id=task_id)
+    slr_deleted = detail.event_name == "DeleteServiceLinkedRole"
+    result = healer().heal_role(
+        role_name,
+        aspects=ROLE_EVENTS[detail.event_name],
+        # DetachRolePolicy names the policy: only that one is checked (one list, one attach).
+        policy_arn=detail.parameter("policyArn") if detail.event_name == "DetachRolePolicy" else None,
+        slr_deleted=slr_deleted,
+        # Real records often lack responseElements.deletionTaskId: the healer then waits for the
+        # role to disappear instead.
+        deletion_task_id=detail.parameter("deletionTaskId") if slr_deleted else None,
+        requested_at=_event_time(event),
+    )
     _record(result, "role")
     return result
+
+
+def _event_time(event: CloudTrailEvent) -> datetime | None:
+    """When the call was made: CloudTrail's eventTime, else EventBridge's time."""
+    raw = (event.detail.model_extra or {}).get("eventTime")
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    return event.time if event.time.tzinfo is not None else event.time.replace(tzinfo=UTC)
 
 
 @metrics.log_metrics
