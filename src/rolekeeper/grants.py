@@ -3,9 +3,11 @@ the grants made for the old id no longer apply to it and are re-issued."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools import Logger
 
-from rolekeeper import iam, kms
+from rolekeeper import kms
 from rolekeeper.reconcile import GrantSpec, converge_grant
 from rolekeeper.registry import Changed, Record, Registry
 
@@ -17,28 +19,20 @@ def is_stale(grant: Record, role_id: str) -> bool:
     return grant.attrs.get("grantee_role_id", role_id) != role_id
 
 
-def reissue_stale_grants(registry: Registry, role_name: str, *, healable_only: bool = False) -> list[str]:
-    """Re-issue every claimed grant naming role_name that was made for an older RoleId; the stale
-    grant is revoked unless another record still references it. Returns what was done."""
-    grantee = iam.get_role(role_name)
-    if grantee is None:
-        return []
+def reissue_stale_grants(registry: Registry, grantee: dict[str, Any]) -> list[str]:
+    """Re-issue every claimed grant naming the grantee role (RoleName, Arn, RoleId as IAM has it
+    now) that was made for an older RoleId, and revoke the stale grant: it is of no use to
+    anyone, and another record naming it gets the same new grant (by Name). Returns what was
+    done."""
     done = []
-    for grant in registry.grants_naming(role_name):
-        if (
-            not grant.claims
-            or (healable_only and not grant.healable)
-            or not is_stale(grant, grantee["RoleId"])
-        ):
+    for grant in registry.grants_naming(grantee["RoleName"]):
+        if not grant.claims or not is_stale(grant, grantee["RoleId"]):
             continue
         spec = GrantSpec.from_dict(grant.desired)
         stale = grant.attrs.get("grant_id", "")
         outcome = converge_grant(spec, grantee)
         if stale and stale != outcome.grant_id:
-            if any(other.key != grant.key for other in registry.grants_by_id(stale)):
-                logger.info("stale grant still referenced by another record; kept", grant_id=stale)
-            else:
-                kms.revoke_grant(spec.key_arn, stale)
+            kms.revoke_grant(spec.key_arn, stale)
         # Recorded after the revoke: a retry still knows the stale id, and CreateGrant's Name
         # idempotency hands it the same new grant.
         try:

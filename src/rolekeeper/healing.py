@@ -364,12 +364,9 @@ class Healer:
             spec = GrantSpec.from_dict(grant.desired)
             stale = grant.attrs.get("grant_id", "")
             outcome = converge_grant(spec, grantee)
-            # A stale grant another resource's record still references is that record's to manage.
-            if (
-                stale
-                and stale != outcome.grant_id
-                and all(o.key == grant.key for o in self.registry.grants_by_id(stale))
-            ):
+            # Revoked even if another record names it too: a grant for the old RoleId is of no use
+            # to anyone, and that record's own re-issue gets the same new grant (by Name).
+            if stale and stale != outcome.grant_id:
                 kms.revoke_grant(spec.key_arn, stale)
             # Recorded after the revoke: a retry then still knows the stale id (and CreateGrant's
             # Name idempotency returns the same new grant). Only over the id read: a grant the

@@ -178,7 +178,8 @@ class Provisioner:
         )
         if name == SPOT_FLEET_ROLE_NAME:
             # Recreated outside rolekeeper (a new unique id): grants made for the old one are stale.
-            outcome.changes += reissue_stale_grants(self.registry, name)
+            grantee = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id}
+            outcome.changes += reissue_stale_grants(self.registry, grantee)
         logger.info("service-linked role converged", role_name=outcome.name, changes=outcome.changes)
         return Response(
             outcome.arn,
