@@ -5,6 +5,16 @@ an error response (the status and body the service would send) or raises ReadTim
 the first N attempts or for every attempt. Every attempt is recorded with botocore's own attempt
 number (the `amz-sdk-request: attempt=N; max=M` header standard mode adds).
 
+Besides the four classic faults, the two that concurrency and lost answers bring (DESIGN.md,
+"Concurrency and lost answers are normal"):
+- CONFLICT: DynamoDB refuses a write because another transaction holds one of its items.
+  TransactWriteItems is cancelled (TransactionCanceledException, one item's reason
+  TransactionConflict, the others None); a single-item write (UpdateItem, PutItem, DeleteItem)
+  gets TransactionConflictException. Neither is retried by botocore.
+- applied but answer lost: time_out_after_applying() lets the service carry the call out, then
+  raises ReadTimeoutError (botocore retries it: the retry meets the applied call's effects).
+`skip` lets the first N calls of the operation through, so any occurrence in a request can be hit.
+
 moto answers requests from a less specific `before-send` handler that botocore calls after ours
 whatever ours returned; a faulted request's URL is pointed away from AWS so moto leaves it alone
 (a throttled or refused call must not also have happened).
@@ -32,6 +42,7 @@ THROTTLING = "throttling"
 UNAVAILABLE = "5xx"
 DENIED = "access-denied"
 TIMEOUT = "read-timeout"
+CONFLICT = "transaction-conflict"  # DynamoDB writes only
 FAULTS = (THROTTLING, UNAVAILABLE, DENIED, TIMEOUT)
 TRANSIENT = (THROTTLING, UNAVAILABLE, TIMEOUT)
 
@@ -70,14 +81,24 @@ SERVICE = {
             "DeleteInstanceProfile",
             "ListInstanceProfilesForRole",
             "ListRolePolicies",
+            "DeleteRolePolicy",
+            "DeleteRolePermissionsBoundary",
+            "UntagRole",
             "DeleteRole",
             "GetAccountAuthorizationDetails",
         ),
         "iam",
     ),
-    **dict.fromkeys(("DescribeKey", "CreateGrant", "ListGrants", "RevokeGrant"), "kms"),
+    **dict.fromkeys(("DescribeKey", "ListResourceTags", "CreateGrant", "ListGrants", "RevokeGrant"), "kms"),
     **dict.fromkeys(("UpdateItem", "DeleteItem", "Query", "Scan", "TransactWriteItems"), "dynamodb"),
 }
+
+# Reads: every other operation in SERVICE changes something (what the lost-answer fault is for).
+READS = frozenset(
+    op for op in SERVICE if op.startswith(("Get", "List", "Describe")) or op in ("Query", "Scan")
+)
+WRITES = frozenset(SERVICE) - READS
+REGISTRY_WRITES = frozenset(op for op in WRITES if SERVICE[op] == "dynamodb")
 
 NOWHERE = "https://fault-injected.invalid/"
 CALLER = "arn:aws:sts::123456789012:assumed-role/rolekeeper-ProvisionerFunctionRole-1A2B3C4D5E6F/rolekeeper-ProvisionerFunction-Q1w2E3r4T5y6"
@@ -132,6 +153,56 @@ def error_response(url: str, operation: str, fault: str, text: str | None = None
     return AWSResponse(url, status, headers, _Body(body))  # type: ignore[arg-type]
 
 
+DYNAMODB_ERROR = "com.amazonaws.dynamodb.v20120810#"
+CONFLICT_MESSAGE = "Transaction is ongoing for the item"
+
+
+def _json_response(url: str, status: int, body: dict[str, Any]) -> AWSResponse:
+    headers = {
+        "Content-Type": "application/x-amz-json-1.0",
+        "x-amzn-RequestId": "7TQ4C9R2J8N6M5L1K3H0G2F4D6S8A9P7O5I3U1Y0T2R4E6W8Q9VV",
+    }
+    return AWSResponse(url, status, headers, _Body(json.dumps(body).encode()))  # type: ignore[arg-type]
+
+
+def conflict_response(url: str, operation: str, body: bytes | str | None, item: int | None) -> AWSResponse:
+    """What DynamoDB answers when another transaction holds an item the call writes.
+
+    TransactWriteItems: HTTP 400, TransactionCanceledException with one CancellationReason per
+    TransactItem in order, "None" for the items that were fine (Code only) and TransactionConflict
+    for the held one; the Message lists the codes. item: which TransactItem conflicts (default:
+    the one on an OBJECT item, where two stacks' transactions meet; else the last).
+    UpdateItem/PutItem/DeleteItem: HTTP 400, TransactionConflictException."""
+    if operation != "TransactWriteItems":
+        return _json_response(
+            url,
+            400,
+            {"__type": f"{DYNAMODB_ERROR}TransactionConflictException", "message": CONFLICT_MESSAGE},
+        )
+    items = json.loads(body or "{}").get("TransactItems", [])
+    if item is None:
+        item = len(items) - 1
+        for i, entry in enumerate(items):
+            action: dict[str, Any] = next(iter(entry.values()), {})
+            if action.get("Key", {}).get("sk", {}).get("S") == "OBJECT":
+                item = i
+                break
+    codes = ["TransactionConflict" if i == item else "None" for i in range(len(items))]
+    reasons = [
+        {"Code": code, "Message": CONFLICT_MESSAGE} if code != "None" else {"Code": "None"} for code in codes
+    ]
+    return _json_response(
+        url,
+        400,
+        {
+            "__type": f"{DYNAMODB_ERROR}TransactionCanceledException",
+            "CancellationReasons": reasons,
+            "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons "
+            f"[{', '.join(codes)}]",
+        },
+    )
+
+
 @dataclass
 class Attempt:
     operation: str
@@ -147,6 +218,8 @@ class Armed:
     remaining: int | None  # None: every attempt
     hang: float = 0.0  # "hang": sleep, then let the call through
     applied: bool = False  # TIMEOUT after the service carried the call out
+    skip: int = 0  # let this many calls through first
+    item: int | None = None  # CONFLICT on TransactWriteItems: which TransactItem
 
 
 @dataclass
@@ -156,6 +229,9 @@ class Faults:
     attempts: list[Attempt] = field(default_factory=list)
     armed: dict[str, Armed] = field(default_factory=dict)
     backoff: list[float] = field(default_factory=list)
+    # IAM, KMS or DynamoDB operations called that SERVICE does not list (CloudFormation's reads,
+    # confirming a request, are not faulted)
+    unknown: set[str] = field(default_factory=set)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Faults:
         """Hook every client rolekeeper.aws makes from now on (aws.iam(), aws.kms(), aws.dynamodb()),
@@ -185,8 +261,17 @@ class Faults:
     def hang(self, operation: str, seconds: float, times: int | None = 1) -> None:
         self.armed[operation] = Armed("hang", times, hang=seconds)
 
-    def time_out_after_applying(self, operation: str, times: int | None = 1) -> None:
-        self.armed[operation] = Armed(TIMEOUT, times, applied=True)
+    def time_out_after_applying(self, operation: str, times: int | None = 1, *, skip: int = 0) -> None:
+        """The service carries the call out, the answer is lost (ReadTimeoutError): botocore retries."""
+        self.armed[operation] = Armed(TIMEOUT, times, applied=True, skip=skip)
+
+    def conflict(
+        self, operation: str, times: int | None = 1, *, skip: int = 0, item: int | None = None
+    ) -> None:
+        """DynamoDB refuses the write for an ongoing transaction on one of its items (see
+        conflict_response); nothing is applied."""
+        assert SERVICE.get(operation) == "dynamodb" and operation in WRITES, operation
+        self.armed[operation] = Armed(CONFLICT, times, skip=skip, item=item)
 
     def disarm(self) -> None:
         self.armed.clear()
@@ -215,11 +300,18 @@ class Faults:
 
     def _before_send(self, request: Any, event_name: str, **_kwargs: Any) -> AWSResponse | None:
         operation = event_name.split(".")[2]
+        if operation not in SERVICE and event_name.split(".")[1] in ("iam", "kms", "dynamodb"):
+            self.unknown.add(operation)
         header = request.headers.get("amz-sdk-request", b"")
         header = header.decode() if isinstance(header, bytes) else str(header)
         match = re.search(r"attempt=(\d+); max=(\d+)", header)
         attempt, most = (int(match.group(1)), int(match.group(2))) if match else (1, 1)
         armed = self.armed.get(operation)
+        if armed is not None and armed.skip and attempt == 1:
+            armed.skip -= 1  # counts calls, not botocore's retries of one call
+            armed = None
+        elif armed is not None and armed.skip:
+            armed = None
         fire = armed is not None and (armed.remaining is None or armed.remaining > 0)
         record = Attempt(operation, attempt, most, armed.fault if fire and armed else None, time.monotonic())
         self.attempts.append(record)
@@ -239,6 +331,8 @@ class Faults:
             raise ReadTimeoutError(endpoint_url=request.url)
         url = request.url
         request.url = NOWHERE
+        if armed.fault == CONFLICT:
+            return conflict_response(url, operation, request.body, armed.item)
         return error_response(url, operation, armed.fault)
 
 

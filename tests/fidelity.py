@@ -10,12 +10,27 @@ name in rolekeeper's catalog is caught, not copied):
   GetServiceLinkedRoleDeletionStatus reports NOT_STARTED/IN_PROGRESS/SUCCEEDED/FAILED.
 - CreateGrant with a Name and identical parameters returns the existing GrantId (new token).
 - Grant ids are 64 hex characters.
+- DynamoDB TransactWriteItems with a ClientRequestToken is idempotent (moto ignores the token).
+  The API reference (TransactWriteItems, request parameter ClientRequestToken): "Providing a
+  ClientRequestToken makes the call to TransactWriteItems idempotent, meaning that multiple
+  identical calls have the same effect as one single call." "A client request token is valid for
+  10 minutes after the first request that uses it is completed. After 10 minutes, any request
+  with the same client token is treated as a new request." "If you submit a request with the
+  same client token but a change in other parameters within the 10-minute idempotency window,
+  DynamoDB returns an IdempotentParameterMismatch exception."
+  (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html)
+  botocore fills the token in itself (idempotencyToken in the model) when the caller does not,
+  and its retries resend the same body: a retried transaction whose answer was lost is not
+  applied twice in AWS.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +93,26 @@ class DeletionTasks:
             del self.pending[task_id]
 
 
+@dataclass
+class RequestTokens:
+    """DynamoDB's memory of TransactWriteItems client request tokens: token -> (the request's
+    other parameters, when it completed). Only a transaction that succeeded is remembered (one
+    that was cancelled changed nothing). now() is the clock the 10-minute window runs on."""
+
+    window: float = 600.0
+    now: Callable[[], float] = time.monotonic
+    seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+    repeats: int = 0  # requests answered from memory, not applied again
+
+
 def _roles_by_name(self: Any) -> dict[str, Any]:
     return {role.name: role for role in self.roles.values()}
 
 
-def install(monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks) -> None:
+def install(
+    monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks, tokens: RequestTokens | None = None
+) -> None:
+    _install_request_tokens(monkeypatch, tokens if tokens is not None else RequestTokens())
     original_create = iam_models.IAMBackend.create_service_linked_role
     monkeypatch.setattr(iam_models.IAMBackend, "roles_by_name", _roles_by_name, raising=False)
 
@@ -181,3 +211,33 @@ def install(monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks) -> None:
 
     monkeypatch.setattr(kms_models.KmsBackend, "create_grant", create_grant)
     monkeypatch.setattr(kms_models.KmsBackend, "revoke_grant", revoke_grant)
+
+
+def _install_request_tokens(monkeypatch: pytest.MonkeyPatch, tokens: RequestTokens) -> None:
+    from moto.core.responses import ActionResult
+    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
+    from moto.dynamodb.responses import DynamoHandler
+
+    original = DynamoHandler.transact_write_items
+
+    def transact_write_items(self: Any) -> Any:
+        token = self.body.get("ClientRequestToken")
+        if not token:
+            return original(self)
+        parameters = json.dumps(
+            {k: v for k, v in self.body.items() if k != "ClientRequestToken"}, sort_keys=True
+        )
+        known = tokens.seen.get(token)
+        if known is not None and tokens.now() - known[1] < tokens.window:
+            if known[0] != parameters:
+                raise DynamodbException(
+                    ERROR_TYPE_PREFIX + "IdempotentParameterMismatchException",
+                    "The request uses the same client token as a previous, but non-identical request.",
+                )
+            tokens.repeats += 1
+            return ActionResult({"ConsumedCapacity": [], "ItemCollectionMetrics": {}})
+        result = original(self)
+        tokens.seen[token] = (parameters, tokens.now())
+        return result
+
+    monkeypatch.setattr(DynamoHandler, "transact_write_items", transact_write_items)

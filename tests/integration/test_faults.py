@@ -299,6 +299,43 @@ def _update_ecs_failed(env: Env) -> None:
     assert len(env.claims()) == 1, "the failed Update must not drop the stack's claim"
 
 
+def _update_ecs_remove_setup(env: Env) -> None:
+    created = env.stack.send(
+        "role-ecs-instance-create.json",
+        props={"PermissionsBoundary": BOUNDARY, "Tags": [{"Key": "team", "Value": "platform"}]},
+    )
+    ok(created)
+    env.memo["physical_id"] = created["PhysicalResourceId"]
+
+
+def _update_ecs_remove_act(env: Env) -> dict[str, Any]:
+    return env.stack.send(
+        "role-ecs-instance-create.json",
+        old_props={"PermissionsBoundary": BOUNDARY, "Tags": [{"Key": "team", "Value": "platform"}]},
+        RequestType="Update",
+        PhysicalResourceId=env.memo["physical_id"],
+    )
+
+
+def _update_ecs_remove_ok(env: Env, response: dict[str, Any]) -> None:
+    ok(response)
+    ecs_complete(env)
+    role = env.role(ECS)
+    assert role is not None and "PermissionsBoundary" not in role
+    tags = {t["Key"]: t["Value"] for t in env.iam.list_role_tags(RoleName=ECS)["Tags"]}
+    assert tags == {"rolekeeper:managed": "true"}
+    assert len(env.claims()) == 1
+
+
+def _delete_ecs_inline_setup(env: Env) -> None:
+    _delete_ecs_setup(env)
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}],
+    }
+    env.iam.put_role_policy(RoleName=ECS, PolicyName="added-by-hand", PolicyDocument=json.dumps(document))
+
+
 def _delete_ecs_setup(env: Env) -> None:
     created = env.stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
     ok(created)
@@ -376,7 +413,11 @@ PROVISIONER_SCENARIOS: dict[str, Scenario] = {
     "delete-slr": Scenario(_delete_slr_setup, _delete_slr_act, _delete_slr_ok),
     "adopt-ecs": Scenario(_adopt_setup, _adopt_act, _adopt_ok, _adopt_failed),
     "update-ecs": Scenario(_update_ecs_setup, _update_ecs_act, _update_ecs_ok, _update_ecs_failed),
+    "update-ecs-remove": Scenario(
+        _update_ecs_remove_setup, _update_ecs_remove_act, _update_ecs_remove_ok, _update_ecs_failed
+    ),
     "delete-ecs": Scenario(_delete_ecs_setup, _delete_ecs_act, _delete_ecs_ok),
+    "delete-ecs-inline": Scenario(_delete_ecs_inline_setup, _delete_ecs_act, _delete_ecs_ok),
     "create-grant": Scenario(_grant_setup, _grant_act, _grant_ok, _grant_failed),
     "delete-grant": Scenario(_delete_grant_setup, _delete_grant_act, _delete_grant_ok),
 }
@@ -396,16 +437,20 @@ PROVISIONER_OPERATIONS: list[tuple[str, str]] = [
     ("GetInstanceProfile", "adopt-ecs"),
     ("TagRole", "update-ecs"),
     ("PutRolePermissionsBoundary", "update-ecs"),
+    ("UntagRole", "update-ecs-remove"),
+    ("DeleteRolePermissionsBoundary", "update-ecs-remove"),
     ("ListInstanceProfilesForRole", "delete-ecs"),
     ("RemoveRoleFromInstanceProfile", "delete-ecs"),
     ("DeleteInstanceProfile", "delete-ecs"),
     ("DetachRolePolicy", "delete-ecs"),
     ("ListRolePolicies", "delete-ecs"),
     ("DeleteRole", "delete-ecs"),
+    ("DeleteRolePolicy", "delete-ecs-inline"),
     ("TransactWriteItems", "delete-ecs"),  # the release
     ("UpdateItem", "delete-ecs"),  # the object taken for deletion (state deleting)
     ("DeleteItem", "delete-ecs"),  # the object forgotten once the role is gone
     ("DescribeKey", "create-grant"),
+    ("ListResourceTags", "create-grant"),
     ("CreateGrant", "create-grant"),
     ("RevokeGrant", "delete-grant"),
     ("Query", "delete-grant"),
@@ -629,7 +674,16 @@ def test_provisioner_persistent_fault_answers_one_failed_and_leaves_nothing_half
 
 # A failed Create leaves nothing (checked above), so repeating it is the transient test again; these
 # are the requests whose failure leaves state that the repeated request must finish from.
-LEAVES_STATE = ("update-slr", "delete-slr", "adopt-ecs", "update-ecs", "delete-ecs", "delete-grant")
+LEAVES_STATE = (
+    "update-slr",
+    "delete-slr",
+    "adopt-ecs",
+    "update-ecs",
+    "update-ecs-remove",
+    "delete-ecs",
+    "delete-ecs-inline",
+    "delete-grant",
+)
 
 
 @pytest.mark.parametrize(

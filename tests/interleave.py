@@ -1,0 +1,755 @@
+"""An interleaving explorer: two rolekeeper invocations, each in its own thread, run one at a time
+and switch only where rolekeeper calls AWS (IAM, KMS, DynamoDB), through every schedule up to a
+bound; and the world they run in (Lambda invocations as CloudFormation and EventBridge make them)
+with the invariants DESIGN.md's "Concurrency and lost answers are normal" promises.
+
+How it runs. A `before-call` handler on rolekeeper's own clients (hooked as tests/faults.py hooks
+them) parks the calling thread and hands control back to the scheduler, so exactly one thread runs
+at any time and a "step" is one thread's run from one AWS call to its next (the call itself and
+the code after it). At each point where more than one thread could run, the scheduler decides.
+A schedule is the list of those decisions; beyond a forced prefix the running thread keeps running
+(no preemption). Exploration is iterative context bounding (CHESS, Musuvathi and Qadeer 2007):
+schedules are taken in order of their number of preemptions (switching away from a thread that
+could have continued), and each explored schedule adds its alternatives, one per later decision,
+within the bound. So every schedule with 0, then 1, ... up to `bound` preemptions is run (until
+`cap` schedules: the tier the cap cuts is sampled in a seeded random order), the first violation
+found has the fewest preemptions, and no schedule runs twice.
+
+Calls on a request's own bookkeeping item (REQUEST#<RequestId>: begin_request, answered) commute
+with everything the other thread does, so they are not switch points (a partial-order reduction).
+
+Every wait is bounded: a thread that does not come back to the scheduler within `step_timeout`
+fails the schedule (printed), and the threads still parked are released with Abort (a
+BaseException, which rolekeeper's `except Exception` does not swallow).
+
+Each Lambda invocation gets its own crhelper CustomResource (custom_resource.helper and .noted are
+per thread here): concurrent invocations run in separate execution environments in Lambda.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pytest
+
+from tests import cloudformation
+from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, load_event
+
+HOOKED = ("iam", "kms", "dynamodb")
+HEALER_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:rolekeeper-HealerFunction"
+REGISTRY = "rolekeeper-test-registry"
+NAMES = "ABCDEFGH"
+
+
+class Abort(BaseException):
+    """Raised in a parked thread when its schedule is abandoned (stuck or failed)."""
+
+
+class Stuck(AssertionError):
+    pass
+
+
+# --- the scheduler --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    enabled: tuple[int, ...]
+    chosen: int
+    previous: int | None  # the thread that ran the step before (None at the start)
+    yielded: bool = False  # the previous thread stopped in a sleep (it waits for the others)
+
+    @property
+    def preempts(self) -> bool:
+        return (
+            self.previous is not None
+            and self.previous in self.enabled
+            and self.chosen != self.previous
+            and not self.yielded
+        )
+
+
+@dataclass
+class Run:
+    steps: list[tuple[int, str]] = field(default_factory=list)  # (thread, the AWS call it went on with)
+    decisions: list[Decision] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+    errors: list[BaseException | None] = field(default_factory=list)
+    diverged: bool = False  # a forced choice was not possible (the replay went elsewhere)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(d.preempts for d in self.decisions)
+
+    def describe(self, labels: Sequence[str] = ()) -> str:
+        """The schedule, each thread's consecutive steps grouped: A[start Query GetRole] B[...]."""
+        names = [labels[i] if i < len(labels) else NAMES[i] for i in range(len(self.results))]
+        groups = []
+        for thread, steps in itertools.groupby(self.steps, key=lambda s: s[0]):
+            groups.append(f"{names[thread]}[{' '.join(point for _, point in steps)}]")
+        return " ".join(groups)
+
+
+def _is_bookkeeping(params: Any) -> bool:
+    """A DynamoDB call on the request's own REQUEST# item (begin_request, answered)."""
+    if not isinstance(params, dict):
+        return False
+    body = params.get("body")
+    if isinstance(body, bytes | str):
+        try:
+            body = json.loads(body or "{}")
+        except ValueError:
+            return False
+    if not isinstance(body, dict):
+        return False
+    return str(body.get("Key", {}).get("pk", {}).get("S", "")).startswith("REQUEST#")
+
+
+class Scheduler:
+    def __init__(self, step_timeout: float = 20.0) -> None:
+        self.step_timeout = step_timeout
+        self._cond = threading.Condition()
+        self._threads: dict[int, int] = {}  # thread ident -> index in the current run
+        self._turn: int | None = None
+        self._points: list[str | None] = []
+        self._yielding: list[bool] = []
+        self._done: list[bool] = []
+        self._aborted = False
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
+        """Hook every IAM, KMS and DynamoDB client rolekeeper.aws makes from now on."""
+        from rolekeeper import aws
+
+        # The uncached maker underneath (a scheduler installed before in this test is replaced, not
+        # stacked on).
+        make = getattr(aws.client, "interleave_make", None) or aws.client.__wrapped__
+
+        @cache
+        def client(service: str, *args: Any) -> Any:
+            made = make(service, *args)
+            service_id = made.meta.service_model.service_id.hyphenize()
+            if service_id in HOOKED:
+                made.meta.events.register(f"before-call.{service_id}", self._before_call)
+            return made
+
+        client.interleave_make = make  # type: ignore[attr-defined]
+        monkeypatch.setattr(aws, "client", client)
+        # rolekeeper's waits (for IAM, for another writer, for a deletion task) are where a thread
+        # lets the others run: a switch there is not a preemption, and it costs no time.
+        from rolekeeper import healing, iam, provisioner, registry
+
+        for module in (iam, healing, provisioner, registry):
+            monkeypatch.setattr(module, "sleep", self._sleep, raising=False)
+        return self
+
+    def _sleep(self, _seconds: float) -> None:
+        index = self._threads.get(threading.get_ident())
+        if index is not None:
+            self._park(index, "sleep", yielding=True)
+
+    def _before_call(self, event_name: str, params: Any = None, **_kwargs: Any) -> None:
+        index = self._threads.get(threading.get_ident())
+        if index is None:  # the test's own thread: setup and checks run unscheduled
+            return
+        if event_name.endswith((".dynamodb.UpdateItem", ".dynamodb.PutItem")) and _is_bookkeeping(params):
+            return
+        self._park(index, event_name.rsplit(".", 1)[-1])
+
+    def _park(self, index: int, point: str, *, yielding: bool = False) -> None:
+        with self._cond:
+            self._points[index] = point
+            self._yielding[index] = yielding
+            self._turn = None
+            self._cond.notify_all()
+            # A parked thread may wait while the others run many steps: the scheduler's own
+            # bounded waits decide when a schedule is stuck; this bound only keeps a stray thread
+            # from living forever.
+            self._cond.wait_for(lambda: self._turn == index or self._aborted, timeout=self.step_timeout * 30)
+            if self._turn != index:
+                raise Abort(f"schedule abandoned at {point}")
+
+    def run(self, operations: Sequence[Callable[[], Any]], forced: Sequence[int] = ()) -> Run:  # noqa: PLR0915 - one handshake, top to bottom
+        count = len(operations)
+        run = Run(results=[None] * count, errors=[None] * count)
+        with self._cond:
+            self._turn = None
+            self._points = ["start"] * count
+            self._yielding = [False] * count
+            self._done = [False] * count
+            self._aborted = False
+            self._threads = {}
+        started = threading.Event()
+
+        def body(index: int) -> None:
+            with self._cond:
+                self._threads[threading.get_ident()] = index
+                if len(self._threads) == count:
+                    started.set()
+                self._cond.wait_for(lambda: self._turn == index or self._aborted, timeout=self.step_timeout)
+                go = self._turn == index
+            try:
+                if not go:
+                    raise Abort("never scheduled")
+                run.results[index] = operations[index]()
+            except BaseException as error:  # reported with the schedule (Abort included)
+                run.errors[index] = error
+            finally:
+                with self._cond:
+                    self._done[index] = True
+                    self._points[index] = None
+                    if self._turn == index:
+                        self._turn = None
+                    self._cond.notify_all()
+
+        threads = [
+            threading.Thread(target=body, args=(i,), daemon=True, name=f"interleave-{NAMES[i]}")
+            for i in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        if not started.wait(self.step_timeout):
+            self._abort()
+            raise Stuck("the threads did not start")
+        previous: int | None = None
+        try:
+            while True:
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._turn is None, timeout=self.step_timeout):
+                        raise Stuck(
+                            f"{NAMES[previous or 0]} did not reach its next AWS call within "
+                            f"{self.step_timeout:.0f} s; schedule so far: {run.describe()}"
+                        )
+                    enabled = tuple(i for i in range(count) if not self._done[i])
+                    if not enabled:
+                        break
+                    yielded = previous is not None and self._yielding[previous]
+                    others = [i for i in enabled if i != previous]
+                    # the running thread goes on, unless it waits in a sleep while others can run
+                    keep = previous in enabled and not (yielded and others)
+                    chosen = previous if keep and previous is not None else others[0]
+                    if len(enabled) > 1:
+                        position = len(run.decisions)
+                        if position < len(forced):
+                            if forced[position] in enabled:
+                                chosen = forced[position]
+                            else:
+                                run.diverged = True
+                        run.decisions.append(Decision(enabled, chosen, previous, yielded))
+                    point = self._points[chosen] or "?"
+                    run.steps.append((chosen, point))
+                    self._points[chosen] = None
+                    self._turn = chosen
+                    previous = chosen
+                    self._cond.notify_all()
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            for thread in threads:
+                thread.join(timeout=self.step_timeout)
+        if any(thread.is_alive() for thread in threads):
+            self._abort()
+            raise Stuck(f"a thread did not finish; schedule: {run.describe()}")
+        with self._cond:
+            self._threads = {}
+        return run
+
+    def _abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+
+@dataclass
+class Exploration:
+    schedules: int = 0
+    by_preemptions: Counter[int] = field(default_factory=Counter)
+    failures: list[tuple[Run, list[str]]] = field(default_factory=list)
+    truncated: bool = False  # the cap stopped it before every schedule within the bound ran
+    seconds: float = 0.0
+
+
+def explore(
+    attempt: Callable[[Sequence[int]], tuple[Run, list[str]]],
+    *,
+    bound: int = 2,
+    cap: int = 200,
+    seed: int = 9,
+) -> Exploration:
+    """Run schedules in order of preemptions (at most `bound`), at most `cap` of them. attempt(forced)
+    builds a fresh world, runs the operations with the forced prefix of decisions and returns the
+    run with the invariants it broke."""
+    found = Exploration()
+    start = time.monotonic()
+    # Within one number of preemptions, a seeded shuffle: when the cap cuts a tier short, what ran
+    # is spread over the whole operation rather than bunched at its start.
+    order = random.Random(seed)
+    work: list[tuple[int, float, tuple[int, ...]]] = [(0, order.random(), ())]
+    while work:
+        if found.schedules >= cap:
+            found.truncated = True
+            break
+        _, _, forced = heapq.heappop(work)
+        run, broken = attempt(forced)
+        found.schedules += 1
+        found.by_preemptions[run.preemptions] += 1
+        if broken:
+            found.failures.append((run, broken))
+        if run.diverged:
+            continue
+        so_far = sum(d.preempts for d in run.decisions[: len(forced)])
+        for position in range(len(forced), len(run.decisions)):
+            decision = run.decisions[position]
+            for other in decision.enabled:
+                if other == decision.chosen:
+                    continue
+                extra = Decision(decision.enabled, other, decision.previous, decision.yielded).preempts
+                if so_far + extra <= bound:
+                    prefix = (*(d.chosen for d in run.decisions[:position]), other)
+                    heapq.heappush(work, (so_far + extra, order.random(), prefix))
+            so_far += decision.preempts
+    found.seconds = time.monotonic() - start
+    return found
+
+
+# --- the world: Lambda invocations as CloudFormation and EventBridge make them ---------------------
+
+
+class _PerThreadHelper:
+    """custom_resource.helper, one CustomResource per thread (per Lambda execution environment)."""
+
+    def __init__(self, original: Any, sender: Callable[..., bool]) -> None:
+        object.__setattr__(self, "_original", original)
+        object.__setattr__(self, "_sender", sender)
+        object.__setattr__(self, "_local", threading.local())
+
+    def _mine(self) -> Any:
+        from rolekeeper.cfn import CustomResource
+
+        local = object.__getattribute__(self, "_local")
+        helper = getattr(local, "helper", None)
+        if helper is None:
+            original = object.__getattribute__(self, "_original")
+            helper = CustomResource(sender=object.__getattribute__(self, "_sender"))
+            for name in ("_create_func", "_update_func", "_delete_func"):
+                setattr(helper, name, getattr(original, name))
+            helper.timeout_margin = original.timeout_margin
+            local.helper = helper
+        return helper
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._mine(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._mine(), name, value)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._mine()(*args)
+
+
+class _PerThreadList:
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def _items(self) -> list[Any]:
+        if not hasattr(self._local, "items"):
+            self._local.items = []
+        return self._local.items  # type: ignore[no-any-return]
+
+    def append(self, item: Any) -> None:
+        self._items.append(item)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+
+@dataclass
+class Held:
+    """A resource as CloudFormation believes it exists (Create or Update answered SUCCESS)."""
+
+    event_file: str
+    logical_id: str
+    physical_id: str
+    props: dict[str, Any]
+
+
+class World:
+    """Stacks, the healer and CloudFormation's view of what each stack holds. send() plays
+    CloudFormation's part for one request (tests/cloudformation.py); create/update/delete add
+    what CloudFormation does next with the answer (a rollback Delete after a FAILED Create, the
+    cleanup Delete of a replaced physical id, the rollback Update after a FAILED Update, the
+    operator's retry of a FAILED Delete)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from rolekeeper import healing
+        from rolekeeper.handlers import custom_resource, healer
+
+        self.sent = Sent()
+        self.cfn = cloudformation.CloudFormation()
+        cloudformation.install(monkeypatch, self.cfn)
+        monkeypatch.setattr(custom_resource, "helper", _PerThreadHelper(custom_resource.helper, self.sent))
+        monkeypatch.setattr(custom_resource, "noted", _PerThreadList())
+        from rolekeeper import provisioner, registry
+
+        for module in (healing, provisioner, registry):
+            monkeypatch.setattr(module, "sleep", lambda _s: None, raising=False)
+        monkeypatch.setattr(healing, "notify", lambda *_a: None)
+        custom_resource.provisioner.cache_clear()
+        healer.healer.cache_clear()
+        self.held: dict[tuple[str, str], Held] = {}
+        self.requests: list[str] = []  # every RequestId CloudFormation sent
+        # (stack, event file, request type, status, properties), in the order the answers came
+        self.journal: list[tuple[str, str, str, str, dict[str, Any]]] = []
+        self.heals: list[Any] = []
+        self.notes: dict[str, Any] = {}  # what a setup wants its operations to know (a key ARN, ...)
+        self._lock = threading.Lock()
+        self._saved: tuple[Any, ...] | None = None
+
+    def save(self) -> None:
+        """Remember this moment (AWS as moto holds it, CloudFormation's view): restore() returns
+        to it, far cheaper than a fresh moto and the setup again for every schedule."""
+        self._saved = copy.deepcopy((self.held, self.cfn.stacks, self.cfn.resources, self.notes))
+        self._saved_aws = save_aws()
+
+    def restore(self) -> None:
+        assert self._saved is not None, "save() first"
+        held, stacks, resources, notes = copy.deepcopy(self._saved)
+        self.held, self.notes = held, notes
+        self.cfn.stacks.clear()
+        self.cfn.stacks.update(stacks)
+        self.cfn.resources.clear()
+        self.cfn.resources.update(resources)
+        restore_aws(self._saved_aws)
+        self.sent.responses.clear()
+        self.requests.clear()
+        self.journal.clear()
+        self.heals.clear()
+
+    @staticmethod
+    def stack_id(stack: str) -> str:
+        return f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/{stack}/0f1e2d3c-{abs(hash(stack)) % 10**8:08d}"
+
+    def send(
+        self,
+        stack: str,
+        event_file: str,
+        *,
+        request_type: str | None = None,
+        physical_id: str | None = None,
+        props: dict[str, Any] | None = None,
+        old_props: dict[str, Any] | None = None,
+        logical_id: str | None = None,
+    ) -> dict[str, Any]:
+        from rolekeeper.handlers.custom_resource import lambda_handler
+
+        event = load_event(event_file)
+        event["StackId"] = self.stack_id(stack)
+        request_id = str(uuid.uuid4())
+        event["RequestId"] = request_id
+        if logical_id:
+            event["LogicalResourceId"] = logical_id
+        if request_type:
+            event["RequestType"] = request_type
+        if physical_id is not None:
+            event["PhysicalResourceId"] = physical_id
+        event["ResourceProperties"].update(props or {})
+        if old_props is not None:
+            event["OldResourceProperties"] = {**event["ResourceProperties"], **old_props}
+        with self._lock:
+            self.requests.append(request_id)
+        self.cfn.before(event)
+        lambda_handler(event, LambdaContext())
+        mine = [r for r in self.sent.responses if r.get("RequestId") == request_id]
+        response = mine[-1] if mine else {"Status": "NONE", "Reason": "no response", "PhysicalResourceId": ""}
+        if mine:
+            self.cfn.after(event, response)
+        with self._lock:
+            self.journal.append(
+                (stack, event_file, event["RequestType"], response["Status"], event["ResourceProperties"])
+            )
+        return response
+
+    # CloudFormation's part around one resource of a stack
+
+    def create(self, stack: str, event_file: str, props: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.send(stack, event_file, props=props)
+        logical_id = load_event(event_file)["LogicalResourceId"]
+        if response["Status"] == "SUCCESS":
+            self.held[(stack, logical_id)] = Held(
+                event_file, logical_id, response["PhysicalResourceId"], dict(props or {})
+            )
+        else:  # the stack rolls back: a Delete of the physical id the failed Create answered
+            self.send(
+                stack,
+                event_file,
+                request_type="Delete",
+                physical_id=response["PhysicalResourceId"],
+                props=props,
+            )
+        return response
+
+    def update(self, stack: str, logical_id: str, props: dict[str, Any]) -> dict[str, Any]:
+        held = self.held[(stack, logical_id)]
+        new_props = {**held.props, **props}
+        response = self.send(
+            stack,
+            held.event_file,
+            request_type="Update",
+            physical_id=held.physical_id,
+            props=new_props,
+            old_props=held.props,
+        )
+        if response["Status"] == "SUCCESS":
+            old = held.physical_id
+            self.held[(stack, logical_id)] = Held(
+                held.event_file, logical_id, response["PhysicalResourceId"], new_props
+            )
+            if response["PhysicalResourceId"] != old:  # UPDATE_COMPLETE_CLEANUP_IN_PROGRESS
+                self.send(stack, held.event_file, request_type="Delete", physical_id=old, props=held.props)
+        else:  # UPDATE_ROLLBACK_IN_PROGRESS: the old properties again
+            self.send(
+                stack,
+                held.event_file,
+                request_type="Update",
+                physical_id=held.physical_id,
+                props=held.props,
+                old_props=new_props,
+            )
+        return response
+
+    def delete(self, stack: str, logical_id: str, *, retries: int = 2) -> dict[str, Any]:
+        held = self.held[(stack, logical_id)]
+        for _ in range(retries + 1):  # DELETE_FAILED: the operator deletes the stack again
+            response = self.send(
+                stack, held.event_file, request_type="Delete", physical_id=held.physical_id, props=held.props
+            )
+            if response["Status"] == "SUCCESS":
+                del self.held[(stack, logical_id)]
+                break
+        return response
+
+    def heal(self, payload: dict[str, Any]) -> Any:
+        from rolekeeper.handlers import healer
+
+        context = LambdaContext(function_name="rolekeeper-HealerFunction", invoked_function_arn=HEALER_ARN)
+        try:
+            result: Any = healer.lambda_handler(copy.deepcopy(payload), context)
+        except Exception as error:  # Lambda's async retry delivers it again
+            result = {"raised": f"{type(error).__name__}: {error}"}
+        self.heals.append(result)
+        return result
+
+    def heal_until_done(self, payload: dict[str, Any], attempts: int = 3) -> Any:
+        """Lambda's async invocation: a raised error is retried (twice)."""
+        result = None
+        for _ in range(attempts):
+            result = self.heal(payload)
+            if not (isinstance(result, dict) and "raised" in result):
+                break
+        return result
+
+
+SAVED_SERVICES = ("iam", "kms", "dynamodb", "sts")
+
+
+def save_aws() -> dict[str, dict[str, dict[str, Any]]]:
+    """A deep copy of moto's backends for the services rolekeeper uses (not CloudFormation: the
+    double in tests/cloudformation.py answers for it)."""
+    from moto.backends import get_backend
+
+    saved: dict[str, dict[str, dict[str, Any]]] = {}
+    for service in SAVED_SERVICES:
+        backends = get_backend(service)  # type: ignore[call-overload]
+        saved[service] = {
+            account: {region: copy.deepcopy(backend) for region, backend in dict.items(regions)}
+            for account, regions in dict.items(backends)
+        }
+    return saved
+
+
+def restore_aws(saved: dict[str, dict[str, dict[str, Any]]]) -> None:
+    from moto.backends import get_backend
+
+    for service, accounts in saved.items():
+        backends = get_backend(service)  # type: ignore[call-overload]
+        for account in list(dict.keys(backends)):
+            if account not in accounts:
+                dict.__delitem__(backends, account)
+        for account, regions in accounts.items():
+            held = backends[account]
+            for region in list(dict.keys(held)):
+                if region not in regions:
+                    dict.__delitem__(held, region)
+            for region, backend in regions.items():
+                dict.__setitem__(held, region, copy.deepcopy(backend))
+
+
+def healer_payload(name: str, **detail: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    for key, value in detail.items():
+        if isinstance(value, dict) and isinstance(data["detail"].get(key), dict):
+            data["detail"][key].update(value)
+        else:
+            data["detail"][key] = value
+    return data
+
+
+# --- the invariants ---------------------------------------------------------------------------------
+
+
+def _role(iam: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return iam.get_role(RoleName=name)["Role"]  # type: ignore[no-any-return]
+    except iam.exceptions.NoSuchEntityException:
+        return None
+
+
+def _profile_roles(iam: Any, name: str) -> list[str] | None:
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    except iam.exceptions.NoSuchEntityException:
+        return None
+    return [r["RoleName"] for r in profile["Roles"]]
+
+
+def _grant_ids(kms: Any, key_arn: str) -> set[str]:
+    return {g["GrantId"] for g in kms.list_grants(KeyId=key_arn)["Grants"]}
+
+
+def registry_items() -> list[dict[str, Any]]:
+    from tests.faults import plain
+
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TableName": REGISTRY, "ConsistentRead": True}
+    while True:
+        page = plain("dynamodb").scan(**kwargs)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return [i for i in items if i["sk"]["S"] != "REQUEST"]
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def broken_invariants(world: World, *, deleted: Sequence[str] = ()) -> list[str]:  # noqa: PLR0915 - the invariants, in order
+    """What does not hold at the end (empty: all of it holds).
+
+    (i) no claimed object missing: every object item with a claim item, and every resource
+        CloudFormation holds, is there in AWS: the role with every policy and the instance
+        profile its claims want, the KMS grant the record names; and CloudFormation's resources
+        each have their claim item (no claim lost).
+    (ii) no orphan claim: no claim item without its object item; an object's claim_count (when
+        kept) is its number of claim items.
+    (iii) no unclaimed "created" object left live: no object item with created=true and no claim
+        item, unless marked state="deleting". (An object whose last claim went with OnDelete:
+        Retain keeps its record by design: the pairs release none that way.)
+    (iv) exactly one response per RequestId CloudFormation sent.
+    (v) a stack's deliberate deletion is not undone: each role in `deleted` (whose last claim a
+        Delete with OnDelete: Delete released, CloudFormation holding nothing of it at the end)
+        does not exist, nor its instance profile.
+    """
+    from rolekeeper.provisioner import Provisioner
+    from tests.faults import plain
+
+    iam, kms = plain("iam"), plain("kms")
+    broken: list[str] = []
+    items = registry_items()
+    objects = {i["pk"]["S"]: i for i in items if i["sk"]["S"] == "OBJECT"}
+    claims: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        if item["sk"]["S"].startswith("CLAIM#"):
+            claims.setdefault(item["pk"]["S"], []).append(item)
+
+    def present(key: str, wants: list[dict[str, Any]], why: str) -> None:
+        obj = objects.get(key)
+        if key.startswith("GRANT#"):
+            if obj is None:
+                broken.append(f"(i) {why}: grant record {key} missing")
+                return
+            key_arn, grant_id = obj["key_arn"]["S"], obj["grant_id"]["S"]
+            if grant_id not in _grant_ids(kms, key_arn):
+                broken.append(f"(i) {why}: grant {grant_id[:8]}… of {key[-12:]} missing on the key")
+            return
+        name = obj["name"]["S"] if obj is not None and "name" in obj else key.split("#", 1)[1]
+        role = _role(iam, name)
+        if role is None:
+            broken.append(f"(i) {why}: role {name} missing")
+            return
+        name = role["RoleName"]
+        attached = {
+            p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+        }
+        for want in wants:
+            for arn in want.get("policy_arns", []):
+                if arn not in attached:
+                    broken.append(f"(i) {why}: {name} lacks wanted policy {arn.rsplit('/', 1)[-1]}")
+            if want.get("instance_profile") and _profile_roles(iam, name) != [name]:
+                broken.append(f"(i) {why}: {name}'s wanted instance profile missing or not holding it")
+
+    for key, held in sorted(claims.items()):
+        wants = [json.loads(c["wants"]["S"]) for c in held if "wants" in c]
+        present(key, wants, "claimed in the registry")
+        if key not in objects:
+            broken.append(f"(ii) orphan claim: {len(held)} claim item(s) on {key} without its object item")
+    for (stack, logical_id), resource in sorted(world.held.items()):
+        key = Provisioner.object_of(resource.physical_id) or resource.physical_id
+        sk = f"CLAIM#{world.stack_id(stack)}#{logical_id}"
+        if not any(c["sk"]["S"] == sk for c in claims.get(key, [])):
+            broken.append(
+                f"(i) claim lost: {stack}/{logical_id} holds {key} in CloudFormation, no claim item"
+            )
+        present(key, [], f"held by {stack}/{logical_id}")
+    for key, obj in sorted(objects.items()):
+        count = int(obj.get("claim_count", {}).get("N", "0"))
+        holders = len(claims.get(key, []))
+        if "claim_count" in obj and count != holders:
+            broken.append(f"(ii) {key}: claim_count {count} but {holders} claim item(s)")
+        deleting = obj.get("state", {}).get("S") == "deleting"
+        if obj.get("created", {}).get("BOOL") and not holders and not deleting:
+            broken.append(f"(iii) unclaimed created record left live: {key}")
+    answers = Counter(r.get("RequestId") for r in world.sent.responses)
+    for request_id in world.requests:
+        if answers[request_id] != 1:
+            broken.append(f"(iv) {answers[request_id]} responses to RequestId {request_id[:8]}")
+    for name in deleted:
+        if _role(iam, name) is not None:
+            broken.append(f"(v) deletion undone: {name} exists after its last Delete (OnDelete: Delete)")
+        if _profile_roles(iam, name) is not None:
+            broken.append(f"(v) deletion undone: instance profile {name} exists after its last Delete")
+    return broken
+
+
+def deleted_roles(world: World, candidates: Sequence[tuple[str, str]]) -> list[str]:
+    """The roles (name, event file) whose deletion must stand: CloudFormation holds none of them
+    at the end, and the last request about them that succeeded was a Delete with OnDelete: Delete."""
+    gone = []
+    for name, event_file in candidates:
+        if any(h.event_file == event_file for h in world.held.values()):
+            continue
+        deletes = [j for j in world.journal if j[1:4] == (event_file, "Delete", "SUCCESS")]
+        if deletes and deletes[-1][4].get("OnDelete") == "Delete":
+            gone.append(name)
+    return gone
