@@ -230,7 +230,7 @@ def role_details() -> Iterator[dict[str, Any]]:
             yield dict(detail)
 
 
-def _delete_profile_if_empty(name: str) -> None:
+def delete_empty_profile(name: str) -> None:
     profile = get_instance_profile(name)
     if profile is not None and not profile.get("Roles"):
         delete_instance_profile(name)
@@ -249,7 +249,7 @@ def delete_role(name: str, own_profile: str | None) -> bool:
         if own_profile and own_profile in profiles:
             delete_instance_profile(own_profile)
         elif own_profile:
-            _delete_profile_if_empty(own_profile)
+            delete_empty_profile(own_profile)
         for policy_arn in attached_policies(name):
             detach(name, policy_arn)
         for page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
@@ -259,7 +259,7 @@ def delete_role(name: str, own_profile: str | None) -> bool:
     except ClientError as error:
         if not_found(error):
             if own_profile:
-                _delete_profile_if_empty(own_profile)
+                delete_empty_profile(own_profile)
             return False
         raise
     return True

@@ -658,11 +658,13 @@ class Provisioner:
                 return
             desired = ownership.desired_of(record)
             added, created_role_id = ownership.added_of(record), ownership.created_role_id(record)
+            # After a lost race (the record changed while pruning by what was read), converge: put
+            # back what a claim written meanwhile wants and the prune took away.
             outcome = (
                 converge_role(
                     desired, added=added, created_role_id=created_role_id, prune=True, rollback=False
                 )
-                if restore
+                if restore or number
                 else prune_role(desired, added=added, created_role_id=created_role_id)
             )
             try:

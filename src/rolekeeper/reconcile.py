@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -201,6 +202,15 @@ def canonical(document: Any) -> Any:
 # --- converge -------------------------------------------------------------------------------
 
 
+# Clock slack between this function and IAM's CreateDate.
+SLR_CREATE_SLACK_SECONDS = 30
+
+
+def _created_since(role: dict[str, Any], when: float) -> bool:
+    created = role.get("CreateDate")
+    return created is not None and hasattr(created, "timestamp") and created.timestamp() >= when
+
+
 def converge_linked_role(spec: LinkedRoleSpec, *, current: dict[str, Any] | None = UNREAD) -> RoleOutcome:
     """current: the role as the caller just read it (None: absent), saving a GetRole."""
     name = spec.role_name
@@ -208,9 +218,13 @@ def converge_linked_role(spec: LinkedRoleSpec, *, current: dict[str, Any] | None
     created = False
     changes: list[str] = []
     if role is None:
+        asked = time.time()
         new_name = iam.create_service_linked_role(spec.service_name, spec.suffix, spec.description)
-        created = new_name is not None
         role = iam.wait_for_role(new_name or name)
+        # "Has been taken" right after GetRole found nothing: the SDK's retry of a create whose
+        # answer was lost, or a concurrent request of rolekeeper's. A role created since this
+        # call began was made by rolekeeper.
+        created = new_name is not None or _created_since(role, asked - SLR_CREATE_SLACK_SECONDS)
         changes.append("created" if created else "adopted")
     elif not str(role.get("Path", "")).startswith("/aws-service-role/"):
         raise Conflict(f"role {name} exists but is not a service-linked role (path {role.get('Path')})")
@@ -286,18 +300,30 @@ def converge_role(
             return outcome
     if role.get("Path") != spec.path:
         raise Conflict(f"role {spec.name} exists with path {role.get('Path')}, not {spec.path}")
+    made_here: set[str] = set()
+
+    def complete(ours: bool) -> RoleOutcome:
+        try:
+            return _complete(
+                spec,
+                role,
+                fresh=False,
+                made=made_here,
+                added=set(added),
+                prune=prune,
+                ours=ours,
+                attached=attached,
+                aspects=aspects,
+            )
+        except Exception:
+            # The role went away (or refused) after this call made its profile: take the profile
+            # back, or nothing ever will.
+            if "profile" in made_here:
+                iam.delete_empty_profile(spec.name)
+            raise
+
     if ownership.owns(role, created_role_id):
-        return _complete(
-            spec,
-            role,
-            fresh=False,
-            made=set(),
-            added=set(added),
-            prune=prune,
-            ours=True,
-            attached=attached,
-            aspects=aspects,
-        )
+        return complete(True)
     if healing and fixed_blueprint(spec.name) is None:
         raise Conflict(f"role {spec.name} was replaced by a role rolekeeper did not create; left untouched")
     if not healing:
@@ -306,17 +332,7 @@ def converge_role(
             raise Conflict(refusal)
     if not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals) and not healing:
         raise Conflict(f"role {spec.name} exists but does not trust {spec.principals[0]}; left untouched")
-    return _complete(
-        spec,
-        role,
-        fresh=False,
-        made=set(),
-        added=set(added),
-        prune=prune,
-        ours=False,
-        attached=attached,
-        aspects=aspects,
-    )
+    return complete(False)
 
 
 def undo_created_role(name: str, *, profile_created: bool) -> None:
@@ -396,7 +412,10 @@ def _complete(
         profile = _ensure_profile(spec, fresh=fresh, made=made)
         outcome.instance_profile_name = profile["InstanceProfileName"]
         outcome.instance_profile_arn = profile["Arn"]
-        if "profile" in made:
+        # A profile this call made, or the profile of a role rolekeeper created: made by an earlier
+        # attempt whose answer was lost (EntityAlreadyExists on the retry), or by a concurrent
+        # request of rolekeeper's; either way it goes with the role.
+        if "profile" in made or ours:
             outcome.added.add(ownership.PROFILE)
         if profile.get("changed"):
             changes.append("instance profile")

@@ -660,7 +660,7 @@ class Registry:
         return records[0] if records else None
 
     def forget(self, key: str) -> None:
-        aws.dynamodb().delete_item(TableName=self.table, Key={"pk": _s(key), "sk": _s(OBJECT)})
+        self._update(Key={"pk": _s(key), "sk": _s(OBJECT)}, delete=True)
 
     def all(self) -> list[Record]:
         """Every object with its claims: the table scanned in pages, not one call per object."""

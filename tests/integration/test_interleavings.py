@@ -270,29 +270,9 @@ def report(name: str, pair: Pair, found: Exploration) -> str:
 
 # --- the tests ------------------------------------------------------------------------------------
 
-# Broken by the code as it stands (issue 9); strict, so the fix's XPASS says to remove the mark.
-# Each reason: the invariant, then the shortest schedule found.
-XFAIL: dict[str, str] = {
-    "create/create": (
-        "(v) after both Deletes the instance profile remains: bravo creates role and profile, alpha "
-        "adopts and claims, bravo's claim retries after alpha's write and records the role without "
-        "the profile as made by rolekeeper"
-    ),
-    "create/create+conflict": (
-        "(v) after both Deletes the instance profile remains: alpha creates the role, bravo adopts "
-        "and makes the profile, the cancelled claim's retry loses who made the profile"
-    ),
-    "create/delete": (
-        "(v) the instance profile remains: bravo's Create reads the role, alpha's last Delete removes "
-        "role, profile and record, bravo creates the profile, AddRoleToInstanceProfile fails (role "
-        "gone): the FAILED Create and its rollback Delete leave the profile it made"
-    ),
-    "update/delete": (
-        "(i): bravo's Delete releases and reads alpha's old wants (SSM), alpha's Update records its "
-        "new wants (CloudWatch), bravo detaches CloudWatch by the stale wants; its record write "
-        "retries on the new version but nothing re-attaches CloudWatch"
-    ),
-}
+# Pairs the code breaks (strict: a fix's XPASS says to remove the mark), each with the invariant
+# and the shortest schedule found. None now.
+XFAIL: dict[str, str] = {}
 
 
 def params() -> list[Any]:

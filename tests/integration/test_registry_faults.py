@@ -246,23 +246,8 @@ TABLE: tuple[tuple[str, str], ...] = (
 )
 
 # Broken by the code as it stands (issue 9); strict, so the fix's XPASS says to remove the mark.
-_PROFILE_LOST = (
-    "(v): CreateInstanceProfile applied, answer lost; botocore's retry gets EntityAlreadyExists, so "
-    "the profile is not recorded as made by rolekeeper and the last Delete (OnDelete: Delete) leaves it"
-)
-XFAIL: dict[tuple[str, str, str], str] = {
-    ("ecs-create", "CreateInstanceProfile", LOST): _PROFILE_LOST,
-    ("app-create", "CreateInstanceProfile", LOST): _PROFILE_LOST,
-    ("slr-create", "CreateServiceLinkedRole", LOST): (
-        "(v): CreateServiceLinkedRole applied, answer lost; the retry's 'has been taken' reads as "
-        "adoption (Created=false), so the last Delete (OnDelete: Delete) keeps the role rolekeeper made"
-    ),
-    ("grant-update", "DeleteItem", CONFLICT): (
-        "(i): the cleanup Delete of the old physical id revokes the old grant, then its DeleteItem is "
-        "refused (TransactionConflictException); the claim is put back on the old record, whose "
-        "grant is gone (CloudFormation does not retry a cleanup Delete)"
-    ),
-}
+# Cases the code breaks (strict: a fix's XPASS says to remove the mark). None now.
+XFAIL: dict[tuple[str, str, str], str] = {}
 
 
 def cases() -> list[Any]:
