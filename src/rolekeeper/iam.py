@@ -52,18 +52,22 @@ def wait_for_role(name: str) -> dict[str, Any]:
     raise RolekeeperError(f"IAM did not return role {name} within {sum(WAIT_DELAYS):.0f} s of creating it")
 
 
-def create_service_linked_role(service_name: str, suffix: str | None, description: str | None) -> str | None:
-    """Returns the new role's name, or None when the role already exists."""
+def create_service_linked_role(
+    service_name: str, suffix: str | None, description: str | None
+) -> tuple[str | None, bool]:
+    """(The new role's name, or None when the role already exists; whether "already exists" came
+    only on the SDK's retry of an attempt that failed without an answer: that attempt's create)."""
     kwargs: dict[str, str] = {"AWSServiceName": service_name}
     if suffix:
         kwargs["CustomSuffix"] = suffix
     if description:
         kwargs["Description"] = description
     try:
-        return aws.iam().create_service_linked_role(**kwargs)["Role"]["RoleName"]
+        return aws.iam().create_service_linked_role(**kwargs)["Role"]["RoleName"], False
     except ClientError as error:
         if already_exists(error):
-            return None
+            retries = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            return None, bool(retries)
         raise
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -202,15 +201,6 @@ def canonical(document: Any) -> Any:
 # --- converge -------------------------------------------------------------------------------
 
 
-# Clock slack between this function and IAM's CreateDate.
-SLR_CREATE_SLACK_SECONDS = 30
-
-
-def _created_since(role: dict[str, Any], when: float) -> bool:
-    created = role.get("CreateDate")
-    return created is not None and hasattr(created, "timestamp") and created.timestamp() >= when
-
-
 def converge_linked_role(spec: LinkedRoleSpec, *, current: dict[str, Any] | None = UNREAD) -> RoleOutcome:
     """current: the role as the caller just read it (None: absent), saving a GetRole."""
     name = spec.role_name
@@ -218,13 +208,11 @@ def converge_linked_role(spec: LinkedRoleSpec, *, current: dict[str, Any] | None
     created = False
     changes: list[str] = []
     if role is None:
-        asked = time.time()
-        new_name = iam.create_service_linked_role(spec.service_name, spec.suffix, spec.description)
+        new_name, on_retry = iam.create_service_linked_role(spec.service_name, spec.suffix, spec.description)
         role = iam.wait_for_role(new_name or name)
-        # "Has been taken" right after GetRole found nothing: the SDK's retry of a create whose
-        # answer was lost, or a concurrent request of rolekeeper's. A role created since this
-        # call began was made by rolekeeper.
-        created = new_name is not None or _created_since(role, asked - SLR_CREATE_SLACK_SECONDS)
+        # "Has been taken" only on the SDK's retry: the first attempt created it and its answer
+        # was lost. On the first attempt: someone else made it since GetRole; adopted.
+        created = new_name is not None or on_retry
         changes.append("created" if created else "adopted")
     elif not str(role.get("Path", "")).startswith("/aws-service-role/"):
         raise Conflict(f"role {name} exists but is not a service-linked role (path {role.get('Path')})")
