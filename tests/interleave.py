@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 
 from tests import cloudformation
-from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, load_event
+from tests.conftest import ACCOUNT, LambdaContext, Sent, load_event
 
 HOOKED = ("iam", "kms", "dynamodb")
 HEALER_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:rolekeeper-HealerFunction"
@@ -607,16 +607,6 @@ def restore_aws(saved: dict[str, dict[str, dict[str, Any]]]) -> None:
                     dict.__delitem__(held, region)
             for region, backend in regions.items():
                 dict.__setitem__(held, region, copy.deepcopy(backend))
-
-
-def healer_payload(name: str, **detail: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((EVENTS / name).read_text())
-    for key, value in detail.items():
-        if isinstance(value, dict) and isinstance(data["detail"].get(key), dict):
-            data["detail"][key].update(value)
-        else:
-            data["detail"][key] = value
-    return data
 
 
 # --- the invariants ---------------------------------------------------------------------------------

@@ -19,14 +19,21 @@ def is_stale(grant: Record, role_id: str) -> bool:
     return grant.attrs.get("grantee_role_id", role_id) != role_id
 
 
-def reissue_stale_grants(registry: Registry, grantee: dict[str, Any]) -> list[str]:
+def reissue_stale_grants(
+    registry: Registry, grantee: dict[str, Any], *, healable_only: bool = False
+) -> list[str]:
     """Re-issue every claimed grant naming the grantee role (RoleName, Arn, RoleId as IAM has it
     now) that was made for an older RoleId, and revoke the stale grant: it is of no use to
-    anyone, and another record naming it gets the same new grant (by Name). Returns what was
-    done."""
+    anyone, and another record naming it gets the same new grant (by Name). The record is written
+    only as it was read: one the provisioner replaced or released meanwhile is left to it.
+    healable_only: the healer's call (claims with Heal on). Returns what was done."""
     done = []
     for grant in registry.grants_naming(grantee["RoleName"]):
-        if not grant.claims or not is_stale(grant, grantee["RoleId"]):
+        if (
+            not grant.claims
+            or (healable_only and not grant.healable)
+            or not is_stale(grant, grantee["RoleId"])
+        ):
             continue
         spec = GrantSpec.from_dict(grant.desired)
         stale = grant.attrs.get("grant_id", "")

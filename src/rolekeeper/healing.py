@@ -14,7 +14,7 @@ from aws_lambda_powertools import Logger
 from rolekeeper import iam, kms, ownership
 from rolekeeper.config import Settings
 from rolekeeper.errors import RolekeeperError
-from rolekeeper.grants import is_stale
+from rolekeeper.grants import is_stale, reissue_stale_grants
 from rolekeeper.notify import notify
 from rolekeeper.reconcile import (
     ASPECTS,
@@ -284,7 +284,7 @@ class Healer:
             changes = [*outcome.changes]
             if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
                 grantee = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id}
-                changes += self._reissue_grants(name, grantee)
+                changes += reissue_stale_grants(self.registry, grantee, healable_only=True)
         except Exception:
             self.registry.end_heal(record.key, token=token, healed_at=self.now())
             raise
@@ -353,37 +353,6 @@ class Healer:
             self.registry.end_heal(record.key, token=token, uncount=True)
             raise
         return token
-
-    def _reissue_grants(self, role_name: str, grantee: dict[str, Any]) -> list[str]:
-        """A recreated service-linked role has a new unique id: grants naming the old one are stale.
-        grantee: the role as it is now (name, ARN, RoleId)."""
-        done = []
-        for grant in self.registry.grants_naming(role_name):
-            if not grant.claims or not grant.healable or not is_stale(grant, grantee["RoleId"]):
-                continue
-            spec = GrantSpec.from_dict(grant.desired)
-            stale = grant.attrs.get("grant_id", "")
-            outcome = converge_grant(spec, grantee)
-            # Revoked even if another record names it too: a grant for the old RoleId is of no use
-            # to anyone, and that record's own re-issue gets the same new grant (by Name).
-            if stale and stale != outcome.grant_id:
-                kms.revoke_grant(spec.key_arn, stale)
-            # Recorded after the revoke: a retry then still knows the stale id (and CreateGrant's
-            # Name idempotency returns the same new grant). Only over the id read: a grant the
-            # provisioner replaced meanwhile, or released, is left as it is.
-            written = self.registry.record_heal(
-                grant.key,
-                attrs=_grant_attrs(outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id),
-                created_now=True,
-                expected={"grant_id": stale} if stale else None,
-            )
-            if written != "recorded":
-                logger.warning(
-                    "re-issued grant not recorded", grant=grant.key, why=written, grant_id=outcome.grant_id
-                )
-                continue
-            done.append(f"grant re-issued on {spec.key_arn}")
-        return done
 
     # --- grants ---------------------------------------------------------------------------------
 
@@ -474,7 +443,7 @@ class Healer:
                 if grantee is not None and is_stale(record, grantee["RoleId"]):
                     # Made for an older incarnation of its grantee (the grant Name carries the
                     # RoleId): existing is not enough, it no longer applies to the role.
-                    changes = self._reissue_grants(grantee["RoleName"], grantee)
+                    changes = reissue_stale_grants(self.registry, grantee, healable_only=True)
                     results.append(
                         Result("healed", record.key, "grant made for a replaced grantee role", changes)
                     )

@@ -84,13 +84,13 @@ class Request:
     physical_id: str | None = None
     # Where the function runs (from its own ARN); the StackId was checked against it.
     identity: Scope | None = None
-    request_id: str = ""
+    # CloudFormation's RequestId: who takes an object for deletion. The same request (a
+    # redelivery, or an attempt whose answer was lost) is the same writer.
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def token(self) -> str:
-        """Who takes an object for deletion: the same request (a redelivery, or an attempt whose
-        answer was lost) is the same writer."""
-        return self.request_id or uuid.uuid4().hex
+        return self.request_id
 
     @property
     def scope(self) -> Scope:
@@ -174,7 +174,7 @@ class Provisioner:
             name,
             lambda _record: (spec.to_dict(), converge_linked_role(spec)),
             claim,
-            undo=lambda: iam.delete_service_linked_role(name),
+            undo=lambda _pieces: iam.delete_service_linked_role(name),
         )
         if name == SPOT_FLEET_ROLE_NAME:
             # Recreated outside rolekeeper (a new unique id): grants made for the old one are stale.
@@ -286,19 +286,14 @@ class Provisioner:
             )
             return desired.to_dict(), outcome
 
-        profiles: set[str] = set()
-
-        def undo() -> None:
-            undo_created_role(spec.name, profile_created=bool(profiles))
-
-        def attempt_noting_profile(record: Record | None) -> tuple[dict[str, Any], RoleOutcome]:
-            desired, outcome = attempt(record)
-            if "profile" in outcome.made:
-                profiles.add(spec.name)
-            return desired, outcome
-
         outcome, created, read, made = self._converge_object(
-            request, key, "role", spec.name, attempt_noting_profile, claim, undo=undo
+            request,
+            key,
+            "role",
+            spec.name,
+            attempt,
+            claim,
+            undo=lambda pieces: undo_created_role(spec.name, profile_created="profile" in pieces),
         )
         self.registry.taken_away(key, outcome.removed)
         logger.info("service role converged", role_name=spec.name, changes=outcome.changes)
@@ -319,13 +314,14 @@ class Provisioner:
         attempt: Callable[[Record | None], tuple[dict[str, Any], RoleOutcome]],
         claim: Claim,
         *,
-        undo: Callable[[], str | bool | None],
+        undo: Callable[[set[str]], str | None],
     ) -> tuple[RoleOutcome, bool, Record | None, bool]:
         """Read the object, converge it, and write the object with this claim at the version that
         was read; when another writer changed it meanwhile, read and converge again (bounded).
         Returns the outcome, whether rolekeeper created the object (ever), the record as first
         read, and whether this request created the AWS object."""
         made = False
+        pieces: set[str] = set()  # what the request's attempts made (the role's profile)
         first: Record | None = None
         for number in range(COMMIT_ATTEMPTS):
             record = self._settled(key, name)
@@ -333,6 +329,7 @@ class Provisioner:
                 first = record
             desired, outcome = attempt(record)
             made = made or outcome.created
+            pieces |= outcome.made
             try:
                 created = self.registry.commit(
                     key,
@@ -356,11 +353,11 @@ class Provisioner:
                 continue
             except Exception:
                 if made:
-                    self._roll_back(request, key, name, undo)
+                    self._roll_back(request, key, name, undo, pieces)
                 raise
             return outcome, created, first, made
         if made:
-            self._roll_back(request, key, name, undo)
+            self._roll_back(request, key, name, undo, pieces)
         raise RolekeeperError(
             f"{name} kept changing under concurrent requests ({COMMIT_ATTEMPTS} attempts); retry the stack operation"
         )
@@ -406,7 +403,7 @@ class Provisioner:
         return False
 
     def _roll_back(
-        self, request: Request, key: str, name: str, undo: Callable[[], str | bool | None]
+        self, request: Request, key: str, name: str, undo: Callable[[set[str]], str | None], pieces: set[str]
     ) -> None:
         """Remove the AWS object this request created, unless a claim now holds it (another stack
         adopted it meanwhile): the deletion is taken in the registry first, like a last Delete."""
@@ -424,8 +421,7 @@ class Provisioner:
         logger.warning("registry write failed; removing the object this request created", role_name=name)
         task_id = None
         try:
-            result = undo()
-            task_id = result if isinstance(result, str) else None
+            task_id = undo(pieces)
         except Exception:
             logger.exception("could not remove the object this request created", role_name=name)
         try:

@@ -217,51 +217,6 @@ class Registry:
     def __init__(self, table_name: str) -> None:
         self.table = table_name
 
-    def record(
-        self,
-        key: str,
-        kind: str,
-        desired: dict[str, Any],
-        *,
-        created_now: bool,
-        attrs: dict[str, str],
-        added: set[str] | frozenset[str] = frozenset(),
-    ) -> bool:
-        """Write the desired state and add pieces to the object's added set (a DynamoDB string set:
-        concurrent writers' additions never overwrite each other). Returns whether rolekeeper
-        created the object (now or before)."""
-        names = {"#kind": "kind", "#desired": "desired", "#created": "created", "#updated": "updated_at"}
-        values: dict[str, Any] = {
-            ":kind": _s(kind),
-            ":desired": _s(json.dumps(desired, sort_keys=True)),
-            ":created": {"BOOL": created_now},
-            ":updated": _s(str(int(time.time()))),
-        }
-        # pieces_tracked: the added set is kept for this object (DynamoDB drops an emptied set,
-        # which must not read as a record written before rolekeeper kept one).
-        names["#tracked"] = "pieces_tracked"
-        values[":tracked"] = {"BOOL": True}
-        sets = ["#kind = :kind", "#desired = :desired", "#updated = :updated", "#tracked = :tracked"]
-        sets.append("#created = :created" if created_now else "#created = if_not_exists(#created, :created)")
-        for i, (name, value) in enumerate(sorted(attrs.items())):
-            names[f"#a{i}"] = name
-            values[f":a{i}"] = _s(value)
-            sets.append(f"#a{i} = :a{i}")
-        expression = "SET " + ", ".join(sets)
-        if added:
-            names["#added"] = "added"
-            values[":added"] = {"SS": sorted(added)}
-            expression += " ADD #added :added"
-        result = aws.dynamodb().update_item(
-            TableName=self.table,
-            Key={"pk": _s(key), "sk": _s(OBJECT)},
-            UpdateExpression=expression,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-            ReturnValues="ALL_NEW",
-        )
-        return bool(result["Attributes"]["created"]["BOOL"])
-
     # Requests: Lambda may deliver an asynchronous event more than once (and retries it after a
     # function error); CloudFormation's RequestId tells a redelivery from a new request.
     def begin_request(

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EVENTS, OPT_IN
+from tests.conftest import EVENTS, OPT_IN, healer_event
 from tests.faults import Faults, fast_aws, plain
 from tests.interleave import (
     Exploration,
@@ -33,7 +33,6 @@ from tests.interleave import (
     broken_invariants,
     deleted_roles,
     explore,
-    healer_payload,
 )
 
 ECS = "ecsInstanceRole"
@@ -108,7 +107,7 @@ def grant_revoked_by_hand(world: World) -> None:
 def heal_revoked_grant(world: World) -> Any:
     key_arn = world.notes["key_arn"]
     return world.heal_until_done(
-        healer_payload(
+        healer_event(
             "heal-revoke-grant.json",
             requestParameters={"keyId": key_arn, "grantId": world.notes["first_grant"]},
             resources=[{"accountId": "123456789012", "type": "AWS::KMS::Key", "ARN": key_arn}],
@@ -169,7 +168,7 @@ PAIRS: dict[str, Pair] = {
         setup=ecs_policy_detached_by_hand,
         operations=(
             lambda w: w.delete("alpha", "EcsInstanceRole"),
-            lambda w: w.heal_until_done(healer_payload("heal-detach-role-policy.json")),
+            lambda w: w.heal_until_done(healer_event("heal-detach-role-policy.json")),
         ),
         labels=("alpha:Delete", "healer:DetachRolePolicy"),
         roles=((ECS, ECS_CREATE),),
@@ -178,7 +177,7 @@ PAIRS: dict[str, Pair] = {
         setup=ecs_deleted_by_hand,
         operations=(
             lambda w: w.delete("alpha", "EcsInstanceRole"),
-            lambda w: w.heal_until_done(healer_payload("heal-delete-role.json")),
+            lambda w: w.heal_until_done(healer_event("heal-delete-role.json")),
         ),
         labels=("alpha:Delete", "healer:DeleteRole"),
         roles=((ECS, ECS_CREATE),),

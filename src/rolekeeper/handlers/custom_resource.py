@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ def _request(event: dict[str, Any], context: Any) -> Request:
         properties=event.get("ResourceProperties") or {},
         old_properties=event.get("OldResourceProperties"),
         physical_id=event.get("PhysicalResourceId"),
-        request_id=str(event.get("RequestId") or ""),
+        request_id=str(event.get("RequestId") or uuid.uuid4().hex),
         identity=verify.identity_for(context.invoked_function_arn, event["StackId"]),
     )
 
