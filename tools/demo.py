@@ -85,8 +85,8 @@ def state(title: str, key_arn: str | None = None) -> None:
     """What AWS and the registry hold now; "(nothing left)" when the account is empty."""
     import boto3
 
+    from rolekeeper.aws.registry import Registry
     from rolekeeper.config import settings
-    from rolekeeper.registry import Registry
 
     lines = []
     iam = boto3.client("iam")
@@ -123,8 +123,9 @@ def registry_agrees(key_arn: str) -> bool:
     """The registry's RoleId and grant id are the ones IAM and KMS hold now."""
     import boto3
 
+    from rolekeeper.aws.registry import Registry
     from rolekeeper.config import settings
-    from rolekeeper.registry import Registry, role_key
+    from rolekeeper.domain.records import role_key
 
     registry = Registry(settings().registry_table_name)
     role = boto3.client("iam").get_role(RoleName=SPOT_FLEET)["Role"]

@@ -88,7 +88,7 @@ def _name(key: str, item: dict[str, Any]) -> str:
 def read_items(table: str) -> list[dict[str, Any]]:
     from boto3.dynamodb.types import TypeDeserializer
 
-    from rolekeeper import aws
+    from rolekeeper.aws import clients as aws
 
     deserialize = TypeDeserializer().deserialize
     items = []
@@ -101,8 +101,9 @@ def read_items(table: str) -> list[dict[str, Any]]:
 
 def drift_now(record: Any) -> list[str]:
     """What differs from the recorded desired state now (the healer's own check, read-only)."""
-    from rolekeeper import kms
-    from rolekeeper.healing import Actual, drift
+    from rolekeeper.aws import kms
+    from rolekeeper.domain.drift import drift
+    from rolekeeper.healing.service import read_actual
 
     if record.kind == "grant":
         key_arn, grant_id = record.attrs.get("key_arn"), record.attrs.get("grant_id")
@@ -110,11 +111,12 @@ def drift_now(record: Any) -> list[str]:
             return ["grant not recorded completely"]
         return [] if kms.grant_exists(key_arn, grant_id) else ["grant retired or revoked"]
     name = record.attrs.get("name") or record.key.split("#", 1)[1]
-    return drift(record, Actual.read(name, with_pieces=record.kind == "role"))
+    return drift(record, read_actual(name, with_pieces=record.kind == "role"))
 
 
 def status(table: str, *, check_drift: bool = True) -> list[dict[str, Any]]:
-    from rolekeeper.registry import CLAIM, OBJECT, Registry
+    from rolekeeper.aws.registry import OBJECT, Registry
+    from rolekeeper.domain.records import CLAIM
 
     items = read_items(table)
     records = {r.key: r for r in Registry(table).all()} if check_drift else {}
@@ -215,7 +217,7 @@ def render(entries: list[dict[str, Any]], table: str) -> str:
 
 
 def table_from_stack(stack: str) -> str:
-    from rolekeeper import aws
+    from rolekeeper.aws import clients as aws
 
     described = aws.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
     for output in described.get("Outputs", []):
