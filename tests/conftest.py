@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,12 +88,38 @@ def context() -> LambdaContext:
     return LambdaContext()
 
 
-def reset_clients() -> None:
+class FakeClock:
+    """Time that moves only when waited on: every wait rolekeeper makes is recorded, none is slept."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.offset += seconds
+
+    def clock(self) -> Any:
+        from rolekeeper.retry import Clock
+
+        return Clock(now=self.now, sleep=self.sleep)
+
+
+def reset_clients(clock: FakeClock | None = None) -> None:
+    """Fresh AWS clients and settings; both handlers rebuilt on them on next use, with a clock that
+    never sleeps (what a test configured besides, a sender say, stays)."""
     from rolekeeper.aws import clients as aws
     from rolekeeper.config import settings
+    from rolekeeper.handlers import custom_resource, healer
 
     aws.client.cache_clear()
     settings.cache_clear()
+    fake = (clock or FakeClock()).clock()
+    custom_resource.configure(clock=fake)
+    healer.configure(clock=fake)
 
 
 def create_registry_table() -> None:
@@ -123,9 +150,6 @@ def aws(
     cfn: cloudformation.CloudFormation,
 ) -> Iterator[None]:
     """moto, made to behave as AWS (tests/fidelity.py), with the registry table created."""
-    from rolekeeper.aws import iam
-
-    monkeypatch.setattr(iam, "sleep", lambda _s: None)
     fidelity.install(monkeypatch, deletion_tasks)
     with mock_aws():
         reset_clients()
@@ -137,9 +161,6 @@ def aws(
 @pytest.fixture
 def raw_moto(monkeypatch: pytest.MonkeyPatch, cfn: cloudformation.CloudFormation) -> Iterator[None]:
     """moto as it is (its own SLR names and EntityAlreadyExists), for the both-behaviours tests."""
-    from rolekeeper.aws import iam
-
-    monkeypatch.setattr(iam, "sleep", lambda _s: None)
     with mock_aws():
         reset_clients()
         create_registry_table()
@@ -153,9 +174,9 @@ class Sent:
 
     responses: list[dict[str, Any]] = field(default_factory=list)
 
-    def __call__(self, url: str, body: dict[str, Any], **_kwargs: Any) -> bool:
+    def __call__(self, url: str, body: dict[str, Any], *_args: Any, **_kwargs: Any) -> int:
         self.responses.append(copy.deepcopy(body))
-        return True
+        return 200
 
     @property
     def last(self) -> dict[str, Any]:
@@ -164,13 +185,13 @@ class Sent:
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
+def sent() -> Iterator[Sent]:
     from rolekeeper.handlers import custom_resource
 
     recorder = Sent()
-    monkeypatch.setattr(custom_resource.helper, "sender", recorder)
-    custom_resource.provisioner.cache_clear()
-    return recorder
+    custom_resource.configure(sender=recorder, clock=FakeClock().clock())
+    yield recorder
+    custom_resource.configure()
 
 
 @dataclass

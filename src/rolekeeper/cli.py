@@ -119,7 +119,7 @@ def status(table: str, *, check_drift: bool = True) -> list[dict[str, Any]]:
     from rolekeeper.domain.records import CLAIM
 
     items = read_items(table)
-    records = {r.key: r for r in Registry(table).all()} if check_drift else {}
+    records = {r.key: r for r in Registry(table).objects.all()} if check_drift else {}
     objects: dict[str, dict[str, Any]] = {}
     claims: dict[str, list[dict[str, Any]]] = {}
     for item in items:

@@ -27,11 +27,15 @@ class Settings:
     allowed_role_names: frozenset[str]
     allowed_tag_keys: frozenset[str] = frozenset()
     verify_requests: bool = True
+    # Under `sam local invoke` (no CloudFormation behind the request, no real ResponseURL).
+    sam_local: bool = False
+    region: str = ""
+    org_event_bus_arn: str | None = None
 
 
 @cache
 def settings() -> Settings:
-    """Read once per cold start (template.yaml sets these)."""
+    """Read once per cold start (template.yaml sets these). The only place that reads the environment."""
     mode = os.environ.get("HEAL_MODE", "heal").strip().lower()
     return Settings(
         registry_table_name=os.environ.get("REGISTRY_TABLE_NAME", "rolekeeper-registry"),
@@ -45,4 +49,7 @@ def settings() -> Settings:
         # Skipped under sam local (no CloudFormation behind the request) or by the operator.
         verify_requests=os.environ.get("VERIFY_REQUESTS", "true").strip().lower() != "false"
         and not os.environ.get("AWS_SAM_LOCAL"),
+        sam_local=bool(os.environ.get("AWS_SAM_LOCAL")),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
+        org_event_bus_arn=os.environ.get("ORG_EVENT_BUS_ARN") or None,
     )

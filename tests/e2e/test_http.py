@@ -235,7 +235,7 @@ def ok(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def claims(local: LocalAws, key: str) -> int:
-    record = local.registry().get(key)
+    record = local.registry().objects.read(key)
     return len(record.claims) if record else 0
 
 
@@ -368,7 +368,7 @@ def test_lifecycle_over_http(local_aws: LocalAws) -> None:  # noqa: PLR0915 - on
     with pytest.raises(iam.exceptions.NoSuchEntityException):
         iam.get_role(RoleName=SPOT_FLEET)
     # The record stays "deleting" with the task id until a later request sees the task over.
-    [record] = local_aws.registry().all()
+    [record] = local_aws.list(registry().objects.all())
     assert record.key == role_key(SPOT_FLEET) and record.deleting and not record.claims
     assert all(count == 1 for count in local_aws.bodies.puts.values())
 
@@ -526,7 +526,7 @@ def test_twenty_stacks_at_once_share_one_service_linked_role(
     assert {b["PhysicalResourceId"] for b in bodies} == {role["Arn"]}
     assert {b["Data"]["RoleId"] for b in bodies} == {role["RoleId"]}
     assert local_aws.calls.create_service_linked_role >= 1
-    record = local_aws.registry().get(role_key(SPOT_FLEET))
+    record = local_aws.registry().objects.read(role_key(SPOT_FLEET))
     assert record is not None
     assert record.created, "rolekeeper created the role, whichever stack's request did it"
     assert sorted(c.stack_id for c in record.claims) == sorted(stack_id(s) for s in stacks)

@@ -132,7 +132,7 @@ def test_a_cancelled_claim_while_another_stack_adopts_keeps_the_role_and_both_cl
     ).install()
     ok(env.stack.send("role-ecs-instance-create.json", props=DELETE))
     assert env.iam.get_role(RoleName=ECS)["Role"]["RoleName"] == ECS
-    record = registry().get(role_key(ECS))
+    record = registry().objects.read(role_key(ECS))
     assert record is not None and len(record.claims) == 2 and record.claim_count == 2
     assert not record.deleting
 
@@ -160,7 +160,7 @@ def test_a_release_cancelled_for_a_conflict_is_retried_and_the_last_delete_still
     at = At("TransactWriteItems", plan={1: "conflict"}).install()
     ok(delete(env.stack, first))
     assert at.calls >= 2
-    record = registry().get(role_key(ECS))
+    record = registry().objects.read(role_key(ECS))
     assert record is not None and record.claim_count == 1 and len(record.claims) == 1
     ok(delete(theirs, first))
     with pytest.raises(env.iam.exceptions.NoSuchEntityException):
@@ -190,7 +190,7 @@ def test_a_delete_whose_registry_write_applied_but_answer_was_lost_still_deletes
 def test_a_create_whose_claim_applied_but_answer_was_lost_holds_one_claim(env: Env):
     At("TransactWriteItems", plan={1: "lost"}).install()
     ok(env.stack.send("role-ecs-instance-create.json", props=DELETE))
-    record = registry().get(role_key(ECS))
+    record = registry().objects.read(role_key(ECS))
     assert record is not None and record.claim_count == 1 and len(record.claims) == 1
 
 
@@ -213,7 +213,7 @@ def test_a_spot_fleet_slr_write_reissues_grants_made_for_the_role_before_it_was_
     assert old_grant not in grants, "the stale grant was kept"
     [live] = grants.values()
     assert new_role_id in live["Name"]
-    [record] = registry().grants_naming(SPOT_FLEET)
+    [record] = registry().objects.grants_naming(SPOT_FLEET)
     assert record.attrs["grant_id"] == live["GrantId"] and record.attrs["grantee_role_id"] == new_role_id
 
 
@@ -248,10 +248,10 @@ def test_a_last_delete_waits_for_a_heal_under_way(env: Env, no_waiting):
 
     created = env.stack.send("role-ecs-instance-create.json", props=DELETE)
     key = role_key(ECS)
-    lease = registry().begin_heal(key, token="healer-1", now=time.time(), lease_seconds=120, limit=10)
+    lease = registry().leases.take(key, token="healer-1", now=time.time(), seconds=120, limit=10)
     assert lease.state == "taken"
     # The heal ends while the Delete waits (the 2nd look finds the lease gone).
-    At("UpdateItem", before={3: lambda: registry().end_heal(key, token="healer-1")}).install()
+    At("UpdateItem", before={3: lambda: registry().leases.give_back(key, token="healer-1")}).install()
     ok(delete(env.stack, created))
     assert no_waiting, "the Delete did not wait for the heal"
     with pytest.raises(env.iam.exceptions.NoSuchEntityException):
@@ -266,7 +266,7 @@ def test_an_update_abandoned_at_the_deadline_puts_the_claim_back_as_it_was(env: 
     from rolekeeper.handlers import custom_resource
 
     ok(env.stack.send("role-ecs-instance-create.json", props={"Heal": "true"}))
-    before = registry().get(role_key(ECS)).claims[0]
+    before = registry().objects.read(role_key(ECS)).claims[0]
     monkeypatch.setattr(custom_resource.helper, "timeout_margin", 0.5)
     late = Stack("app", env.sent, LambdaContext(remaining_ms=1_500), env.stack.cfn)
     env.faults.hang("ListAttachedRolePolicies", 1.3)
@@ -278,7 +278,7 @@ def test_an_update_abandoned_at_the_deadline_puts_the_claim_back_as_it_was(env: 
         OldResourceProperties={},
     )
     assert response["Status"] == "FAILED"
-    [claim] = registry().get(role_key(ECS)).claims
+    [claim] = registry().objects.read(role_key(ECS)).claims
     assert claim == before and claim.heal is True, "the abandoned Update's claim stayed"
     assert env.iam.get_role(RoleName=ECS)["Role"]["RoleName"] == ECS
 
@@ -300,5 +300,5 @@ def test_the_scheduled_reconcile_reissues_a_grant_made_for_a_replaced_grantee(en
     assert result["outcome"] == "reconciled", result
     [live] = env.grants()
     assert live["GrantId"] != granted["Data"]["GrantId"] and new_role_id in live["Name"]
-    [record] = registry().grants_naming(SPOT_FLEET)
+    [record] = registry().objects.grants_naming(SPOT_FLEET)
     assert record.attrs["grantee_role_id"] == new_role_id

@@ -371,7 +371,7 @@ def test_scheduled_reconcile_reissues_missing_grant(spot_fleet_with_grant, heal)
     result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
     assert result["healed"] == 1
     assert len(boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]) == 1
-    assert registry().get(role_key(SPOT_FLEET)) is not None
+    assert registry().objects.read(role_key(SPOT_FLEET)) is not None
 
 
 @pytest.mark.parametrize("elements", ["", "ok", ["a"], 7])
@@ -426,7 +426,7 @@ def test_healer_waits_for_slr_to_disappear_without_task_id_then_recreates(
     assert role["RoleId"] != slr["Data"]["RoleId"]
     (current,) = boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]
     assert current["GrantId"] != grant["Data"]["GrantId"] and role["RoleId"] in current["Name"]
-    assert registry().get(role_key(SPOT_FLEET)).attrs["role_id"] == role["RoleId"]
+    assert registry().objects.read(role_key(SPOT_FLEET)).attrs["role_id"] == role["RoleId"]
 
 
 def test_healer_retries_later_when_slr_stays_without_task_id(
@@ -685,12 +685,12 @@ def test_a_held_lease_coalesces_and_an_expired_one_is_taken(stack, aws):
     reg = registry()
     stack.send("role-ecs-instance-create.json")
     key = role_key(ECS)
-    first = reg.begin_heal(key, token="a", now=1000, lease_seconds=120, limit=5)
+    first = reg.leases.take(key, token="a", now=1000, seconds=120, limit=5)
     assert first.taken
-    assert reg.begin_heal(key, token="b", now=1060, lease_seconds=120, limit=5).state == "held"
+    assert reg.leases.take(key, token="b", now=1060, seconds=120, limit=5).state == "held"
     # Only the holder's token gives it back or records
     assert reg.record_heal(key, token="b", attrs={"role_id": "X"}, created_now=False) == "lost"
-    assert reg.begin_heal(key, token="b", now=1121, lease_seconds=120, limit=5).taken  # expired
+    assert reg.leases.take(key, token="b", now=1121, seconds=120, limit=5).taken  # expired
     assert reg.record_heal(key, token="b", attrs={}, created_now=False, healed_at=1122) == "recorded"
     assert reg.get(key).healed_at == 1122
     assert _object_item(key)["heal_count"]["N"] == "2"
@@ -701,8 +701,8 @@ def test_the_hour_limit_resets_with_a_second_write_only_when_the_window_passed(s
     stack.send("role-ecs-instance-create.json")
     key = role_key(ECS)
     for i in range(2):
-        assert reg.begin_heal(key, token=f"t{i}", now=1000 + i, lease_seconds=120, limit=2).taken
-        reg.end_heal(key, token=f"t{i}")
-    assert reg.begin_heal(key, token="x", now=1500, lease_seconds=120, limit=2).state == "limited"
-    assert reg.begin_heal(key, token="y", now=1000 + 3601, lease_seconds=120, limit=2).taken
+        assert reg.leases.take(key, token=f"t{i}", now=1000 + i, seconds=120, limit=2).taken
+        reg.leases.give_back(key, token=f"t{i}")
+    assert reg.leases.take(key, token="x", now=1500, seconds=120, limit=2).state == "limited"
+    assert reg.leases.take(key, token="y", now=1000 + 3601, seconds=120, limit=2).taken
     assert _object_item(key)["heal_count"]["N"] == "1"

@@ -75,7 +75,7 @@ def snapshot(name: str) -> dict[str, Any]:
 
 
 def claims(name: str) -> list[Any]:
-    record = registry().get(role_key(name))
+    record = registry().objects.read(role_key(name))
     return record.claims if record else []
 
 
@@ -266,7 +266,7 @@ def test_a_stack_id_of_another_account_region_or_partition_is_refused(aws, stack
     response = stack.send("role-spot-fleet-tagging-create.json", StackId=stack_id)
     assert response["Status"] == "FAILED"
     assert role_names() == set()
-    assert registry().all() == []
+    assert list(registry().objects.all()) == []
 
 
 def test_a_direct_invoke_cloudformation_never_made_is_refused_and_creates_nothing(aws, stack, cfn):

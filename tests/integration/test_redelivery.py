@@ -19,7 +19,7 @@ def test_a_redelivered_request_gets_no_second_response_and_no_second_claim(aws, 
     answered = len(sent.responses)
     assert lambda_handler(again, context) is None
     assert len(sent.responses) == answered, "a second response for one RequestId"
-    assert len(registry().get(role_key("ecsInstanceRole")).claims) == 1
+    assert len(registry().objects.read(role_key("ecsInstanceRole")).claims) == 1
 
 
 def test_a_redelivered_delete_does_not_act_twice(aws, stack, other_stack, sent, context):
@@ -52,7 +52,7 @@ def test_a_redelivered_delete_does_not_act_twice(aws, stack, other_stack, sent, 
     lambda_handler(redelivered, context)
     assert len(sent.responses) == answered
     assert get_role("ecsInstanceRole") is not None
-    assert len(registry().get(role_key("ecsInstanceRole")).claims) == 1
+    assert len(registry().objects.read(role_key("ecsInstanceRole")).claims) == 1
 
 
 def test_a_request_whose_first_attempt_died_before_answering_is_answered(aws, stack):

@@ -95,7 +95,7 @@ def test_same_create_twice_changes_nothing(aws, stack):
     assert second["Status"] == "SUCCESS"
     assert second["PhysicalResourceId"] == first["PhysicalResourceId"]
     assert second["Data"]["RoleId"] == first["Data"]["RoleId"]
-    record = registry().get(role_key(SPOT_FLEET))
+    record = registry().objects.read(role_key(SPOT_FLEET))
     assert record is not None and len(record.claims) == 1
 
 
@@ -106,7 +106,7 @@ def test_two_stacks_one_role_two_claims(aws, stack, other_stack):
     assert a["Data"]["RoleId"] == b["Data"]["RoleId"]
     roles = [r for r in boto3.client("iam").list_roles()["Roles"] if r["RoleName"] == SPOT_FLEET]
     assert len(roles) == 1
-    record = registry().get(role_key(SPOT_FLEET))
+    record = registry().objects.read(role_key(SPOT_FLEET))
     assert record is not None
     assert {c.stack_id for c in record.claims} == {stack.stack_id, other_stack.stack_id}
 
@@ -125,7 +125,7 @@ def test_delete_with_retain_releases_claim_only(aws, stack):
     response = stack.send("slr-delete.json", PhysicalResourceId=created["PhysicalResourceId"])
     assert response["Status"] == "SUCCESS"
     boto3.client("iam").get_role(RoleName=SPOT_FLEET)  # still there
-    record = registry().get(role_key(SPOT_FLEET))
+    record = registry().objects.read(role_key(SPOT_FLEET))
     assert record is not None and record.claims == []
 
 
@@ -147,7 +147,7 @@ def test_delete_with_delete_waits_for_last_claim(aws, stack, other_stack, deleti
     (task_id,) = deletion_tasks.pending
     assert task_id.startswith("task/aws-service-role/spotfleet.amazonaws.com/AWSServiceRoleForEC2SpotFleet/")
     # Until the deletion is known to be over, the object stays "deleting" with IAM's task id.
-    record = registry().get(role_key(SPOT_FLEET))
+    record = registry().objects.read(role_key(SPOT_FLEET))
     assert record is not None and record.deleting and record.deletion_task_id == task_id
     deletion_tasks.finish()
     with pytest.raises(boto3.client("iam").exceptions.NoSuchEntityException):
@@ -155,7 +155,7 @@ def test_delete_with_delete_waits_for_last_claim(aws, stack, other_stack, deleti
     # The next Create sees the task finished, forgets the old object and creates the role anew.
     again = stack.send("slr-create.json", props=props)
     assert again["Status"] == "SUCCESS" and again["Data"]["Created"] == "true"
-    record = registry().get(role_key(SPOT_FLEET))
+    record = registry().objects.read(role_key(SPOT_FLEET))
     assert record is not None and not record.deleting and len(record.claims) == 1
 
 
@@ -180,7 +180,7 @@ def test_delete_of_unknown_physical_id_touches_nothing(aws, stack):
     )
     assert response["Status"] == "SUCCESS"
     boto3.client("iam").get_role(RoleName=SPOT_FLEET)
-    assert len(registry().get(role_key(SPOT_FLEET)).claims) == 1
+    assert len(registry().objects.read(role_key(SPOT_FLEET)).claims) == 1
 
 
 def test_delete_of_role_already_gone_succeeds(aws, stack):

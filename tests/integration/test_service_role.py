@@ -131,7 +131,7 @@ def access_denied(operation: str) -> ClientError:
 def assert_nothing_created() -> None:
     assert role_names() == set()
     assert profile_names() == set()
-    assert registry().all() == []
+    assert list(registry().objects.all()) == []
 
 
 # --- blueprints -------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_create_twice_changes_nothing_the_second_time(aws, stack, monkeypatch):
     assert mutations == []
     assert second["PhysicalResourceId"] == first["PhysicalResourceId"]
     assert second["Data"] == first["Data"]
-    assert len(registry().get(role_key("ecsInstanceRole")).claims) == 1
+    assert len(registry().objects.read(role_key("ecsInstanceRole")).claims) == 1
 
 
 # --- spot-fleet-tagging confused deputy -----------------------------------------------------------
@@ -428,7 +428,7 @@ def test_adopt_role_not_trusting_the_blueprint_service_is_refused_and_untouched(
     assert attached("ecsInstanceRole") == set()
     assert tags("ecsInstanceRole") == {}
     assert profile_names() == set()
-    assert registry().get(role_key("ecsInstanceRole")) is None
+    assert registry().objects.read(role_key("ecsInstanceRole")) is None
     # And CloudFormation's cleanup Delete of the failed Create touches nothing
     cleanup = stack.send(
         "role-ecs-instance-delete.json",
@@ -564,8 +564,8 @@ def test_update_role_name_change_replaces_role_and_old_stays_until_cleanup(aws, 
     assert get_role("app-web") is None
     assert profile_names() == {"app-web-v2"}
     assert get_role("app-web-v2") is not None
-    assert registry().get(role_key("app-web")) is None
-    assert len(registry().get(role_key("app-web-v2")).claims) == 1
+    assert registry().objects.read(role_key("app-web")) is None
+    assert len(registry().objects.read(role_key("app-web-v2")).claims) == 1
 
 
 def test_update_path_and_role_name_change_replaces_role(aws, stack):
@@ -623,7 +623,7 @@ def test_delete_with_retain_keeps_role(aws, stack):
     assert get_role("ecsInstanceRole") is not None
     assert attached("ecsInstanceRole") == {ECS_INSTANCE_POLICY}
     assert profiles_holding("ecsInstanceRole") == ["ecsInstanceRole"]
-    assert registry().get(role_key("ecsInstanceRole")).claims == []
+    assert registry().objects.read(role_key("ecsInstanceRole")).claims == []
 
 
 def test_delete_with_delete_removes_profile_policies_inline_policies_and_role(aws, stack):
@@ -647,7 +647,7 @@ def test_delete_with_delete_removes_profile_policies_inline_policies_and_role(aw
     assert get_role("app-web") is None
     assert get_profile("app-web") is None
     assert profile_names() == set()
-    assert registry().get(role_key("app-web")) is None
+    assert registry().objects.read(role_key("app-web")) is None
     # The managed policy itself is untouched
     assert iam().get_policy(PolicyArn=SSM_CORE)["Policy"]["Arn"] == SSM_CORE
 
@@ -661,7 +661,7 @@ def test_delete_when_profile_already_deleted_by_hand_succeeds(aws, stack):
     )
     assert response["Status"] == "SUCCESS", response["Reason"]
     assert get_role("app-web") is None
-    assert registry().get(role_key("app-web")) is None
+    assert registry().objects.read(role_key("app-web")) is None
 
 
 def test_delete_when_role_already_deleted_by_hand_succeeds(aws, stack):
@@ -676,7 +676,7 @@ def test_delete_when_role_already_deleted_by_hand_succeeds(aws, stack):
     assert get_role("app-web") is None
     # The profile rolekeeper made (left empty by hand) goes too
     assert profile_names() == set()
-    assert registry().get(role_key("app-web")) is None
+    assert registry().objects.read(role_key("app-web")) is None
 
 
 def test_delete_never_removes_an_adopted_role(aws, stack):
@@ -718,7 +718,7 @@ def test_delete_with_two_stacks_waits_for_last_claim(aws, stack, other_stack):
     assert last["Status"] == "SUCCESS", last["Reason"]
     assert get_role("ecsInstanceRole") is None
     assert profile_names() == set()
-    assert registry().get(role_key("ecsInstanceRole")) is None
+    assert registry().objects.read(role_key("ecsInstanceRole")) is None
 
 
 def test_delete_of_physical_id_never_produced_touches_nothing(aws, stack):
@@ -732,7 +732,7 @@ def test_delete_of_physical_id_never_produced_touches_nothing(aws, stack):
     )
     assert stranger["Status"] == "SUCCESS", stranger["Reason"]
     assert get_role("app-web") is not None
-    assert len(registry().get(role_key("app-web")).claims) == 1
+    assert len(registry().objects.read(role_key("app-web")).claims) == 1
 
 
 # --- refusals: nothing created ------------------------------------------------------------------
@@ -964,7 +964,7 @@ def test_rollback_when_profile_name_held_by_another_role_leaves_that_profile_alo
     assert "legacy" in response["Reason"]
     assert get_role("app-web") is None
     assert [r["RoleName"] for r in get_profile("app-web")["Roles"]] == ["legacy"]
-    assert registry().get(role_key("app-web")) is None
+    assert registry().objects.read(role_key("app-web")) is None
 
 
 def test_rollback_keeps_instance_profile_this_request_did_not_make(aws, stack, monkeypatch):

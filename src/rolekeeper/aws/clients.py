@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +55,8 @@ def iam() -> IAMClient:
 def kms(key: str | None = None) -> KMSClient:
     """The KMS client for a key: a key ARN names its region, which may not be the function's."""
     region = key.split(":")[3] if key and key.startswith("arn:") and key.count(":") >= 5 else None
-    home = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return client("kms", None if region in (None, home) else region)  # type: ignore[no-any-return]
+    home: KMSClient = client("kms")
+    return home if region in (None, home.meta.region_name) else client("kms", region)
 
 
 def cloudformation() -> CloudFormationClient:

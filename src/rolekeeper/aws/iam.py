@@ -1,10 +1,9 @@
-"""Idempotent IAM operations. Only this module (and kms.py, registry.py) talk to AWS."""
+"""Every IAM call rolekeeper makes, each idempotent: a piece already there (or already gone) is fine."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -12,13 +11,10 @@ from botocore.exceptions import ClientError
 
 from rolekeeper.aws import clients as aws
 from rolekeeper.domain.errors import Conflict, RolekeeperError
+from rolekeeper.retry import IAM_VISIBLE, Clock
 
 logger = Logger(child=True)
 
-# IAM is eventually consistent: a role just created may not be returned by GetRole (or usable
-# by a dependent resource) for a few seconds. Wait at most this long, in these steps.
-WAIT_DELAYS = (0.0, 0.5, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0)
-sleep: Callable[[float], None] = time.sleep
 
 
 def already_exists(error: ClientError) -> bool:
@@ -43,13 +39,14 @@ def get_role(name: str) -> dict[str, Any] | None:
         raise
 
 
-def wait_for_role(name: str) -> dict[str, Any]:
-    for delay in WAIT_DELAYS:
-        sleep(delay)
+def wait_for_role(name: str, clock: Clock) -> dict[str, Any]:
+    """IAM is eventually consistent: a role just created may not be returned by GetRole (or be
+    usable by a dependent resource) for a few seconds."""
+    for _ in IAM_VISIBLE.tries(clock):
         role = get_role(name)
         if role is not None:
             return role
-    raise RolekeeperError(f"IAM did not return role {name} within {sum(WAIT_DELAYS):.0f} s of creating it")
+    raise RolekeeperError(f"IAM did not return role {name} within {IAM_VISIBLE.total:.0f} s of creating it")
 
 
 def create_service_linked_role(

@@ -1,5 +1,5 @@
 """One view of every heal in the organization: heals, suppressions and failures as EventBridge
-events to the bus named by ORG_EVENT_BUS_ARN (template parameter OrgEventBusArn).
+events to the bus named by OrgEventBusArn (its ARN in settings: ORG_EVENT_BUS_ARN).
 
 Event: source "rolekeeper", detail-type one of DETAIL_TYPES' values, detail (schema version 1):
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,10 +39,6 @@ DETAIL_TYPES = {
 PUT_EVENTS_BATCH = 10  # PutEvents takes at most 10 entries per call
 
 
-def bus_arn() -> str | None:
-    return os.environ.get("ORG_EVENT_BUS_ARN") or None
-
-
 def detail(
     outcome: str,
     kind: str,
@@ -54,6 +49,7 @@ def detail(
     account: str,
     region: str,
     trigger: dict[str, str],
+    heal_mode: str = "heal",
     now: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     moment = now or datetime.datetime.now(datetime.UTC)
@@ -66,7 +62,7 @@ def detail(
         "summary": summary,
         "changes": list(changes),
         "trigger": trigger,
-        "healMode": os.environ.get("HEAL_MODE", "heal"),
+        "healMode": heal_mode,
         "time": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -85,9 +81,8 @@ def entries(details: Iterable[dict[str, Any]], bus: str) -> list[dict[str, Any]]
     ]
 
 
-def publish(details: Iterable[dict[str, Any]], bus: str | None = None) -> int:
+def publish(details: Iterable[dict[str, Any]], bus: str | None) -> int:
     """Sends the heal events to the organization's bus (if one is set); returns how many it took."""
-    bus = bus or bus_arn()
     if not bus:
         return 0
     pending = entries(details, bus)
@@ -96,10 +91,11 @@ def publish(details: Iterable[dict[str, Any]], bus: str | None = None) -> int:
     # The bus may be in another region (and account): call EventBridge in the bus's region.
     parts = bus.split(":")
     region = parts[3] if len(parts) > 5 else None
-    home = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     sent = 0
     try:
-        client = aws.client("events", None if region in (None, home) else region)
+        client = aws.client("events")
+        if region not in (None, client.meta.region_name):
+            client = aws.client("events", region)
         for start in range(0, len(pending), PUT_EVENTS_BATCH):
             batch = pending[start : start + PUT_EVENTS_BATCH]
             response = client.put_events(Entries=batch)

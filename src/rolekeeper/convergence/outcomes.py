@@ -11,19 +11,19 @@ UNREAD: Any = object()
 
 @dataclass
 class RoleOutcome:
+    """The role as it is after a converge step, and what the step changed (for the log)."""
+
     name: str
     arn: str
     role_id: str
-    created: bool
     changes: list[str] = field(default_factory=list)
     instance_profile_name: str | None = None
     instance_profile_arn: str | None = None
-    made: set[str] = field(default_factory=set)
-    # rolekeeper created the role (this call or before, its marker tag says so); `created` alone
-    # means this call made it, and only that allows undoing it.
+    # rolekeeper created the role (this call or before: its marker tag or recorded RoleId says so).
     ours: bool = False
-    added: set[str] = field(default_factory=set)  # pieces rolekeeper added (see ownership.py)
-    removed: set[str] = field(default_factory=set)  # added pieces it took away
+    # IAM as this step read it before changing anything (a prune after it needs no second read).
+    role: dict[str, Any] | None = field(default=None, repr=False)
+    attached: set[str] | None = field(default=None, repr=False)
 
 
 def role_attrs(outcome: RoleOutcome) -> dict[str, str]:
@@ -31,7 +31,7 @@ def role_attrs(outcome: RoleOutcome) -> dict[str, str]:
     role rolekeeper created (only when this one is it: a role of that name made since by someone
     else never passes for rolekeeper's)."""
     attrs = {"name": outcome.name, "arn": outcome.arn, "role_id": outcome.role_id}
-    if outcome.created or outcome.ours:
+    if outcome.ours:
         attrs["created_role_id"] = outcome.role_id
     return attrs
 
@@ -43,3 +43,22 @@ class GrantOutcome:
     grantee_arn: str
     grantee_role_id: str
     name: str
+
+
+@dataclass
+class Made:
+    """What a writer's attempts did to AWS, across attempts."""
+
+    created: bool = False  # the writer created the object itself (only that allows undoing it)
+    profile: bool = False  # it created the role's instance profile
+    added: set[str] = field(default_factory=set)  # pieces it added (ownership.py)
+    removed: set[str] = field(default_factory=set)  # added pieces it took away
+    grants: list[str] = field(default_factory=list)  # grant ids it created
+
+    def add(self, pieces: set[str] | frozenset[str]) -> None:
+        self.added |= pieces
+        self.removed -= pieces
+
+    def take_away(self, pieces: set[str] | frozenset[str]) -> None:
+        self.removed |= pieces
+        self.added -= pieces

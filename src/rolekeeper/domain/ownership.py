@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from rolekeeper.domain.catalog import MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
-from rolekeeper.domain.records import Record
+from rolekeeper.domain.records import Claim, Record
 from rolekeeper.domain.specs import RoleSpec
 from rolekeeper.domain.trust import trusts
 
@@ -46,24 +46,26 @@ def pieces_of(spec: RoleSpec) -> set[str]:
     return pieces
 
 
-def wants_of(claims_wants: Iterable[dict[str, Any] | None], fallback: dict[str, Any]) -> list[RoleSpec]:
-    """The claims' wants as specs. A claim written before claims stored their wants counts as
-    wanting the object's recorded desired state."""
-    found = [RoleSpec.from_dict(w) if w else RoleSpec.from_dict(fallback) for w in claims_wants]
-    return found or [RoleSpec.from_dict(fallback)]
+def wants_of(record: Record, claims: list[Claim] | None = None) -> list[RoleSpec]:
+    """What the record's claims (or the given ones) ask for, as specs (a claim written before
+    claims stored their wants asks for the object's recorded desired state)."""
+    return [RoleSpec.from_dict(w) for w in record.wants(claims) if w]
 
 
 def other_wants(record: Record | None, claim_sk: str) -> list[RoleSpec]:
     """What every claim on the role other than this one asked for."""
     if record is None:
         return []
-    others = [c.wants for c in record.claims if c.sk != claim_sk]
-    return wants_of(others, record.desired) if others else []
+    return wants_of(record, [c for c in record.claims if c.sk != claim_sk])
 
 
 def desired_of(record: Record) -> RoleSpec:
-    """The role's desired state: the union of what its claims asked for."""
-    return union(wants_of([c.wants for c in record.claims], record.desired))
+    """The role's desired state: the union of what its claims asked for (a record with no claim
+    left wants nothing: callers ask only of claimed records)."""
+    wants = wants_of(record)
+    if not wants:
+        raise ValueError(f"{record.key} has no claim: nothing is desired of it")
+    return union(wants)
 
 
 def created_role_id(record: Record | None) -> str | None:
@@ -91,7 +93,9 @@ def added_of(record: Record | None) -> set[str]:
         return set()
     if record.added is not None:
         return set(record.added)
-    return pieces_of(RoleSpec.from_dict(record.desired)) if record.created else set()
+    if not record.created or not record.legacy_desired:
+        return set()
+    return pieces_of(RoleSpec.from_dict(record.legacy_desired))
 
 
 def union(wants: Sequence[RoleSpec]) -> RoleSpec:
@@ -111,6 +115,11 @@ def union(wants: Sequence[RoleSpec]) -> RoleSpec:
         tags=tags,
         instance_profile=any(w.instance_profile for w in wants),
     )
+
+
+def wanting_nothing(spec: RoleSpec) -> RoleSpec:
+    """The role with nothing wanted of it (every piece rolekeeper added is removable)."""
+    return replace(spec, policy_arns=(), owned_policy_arns=(), boundary=None, tags={}, instance_profile=False)
 
 
 def conflict(spec: RoleSpec, others: Sequence[RoleSpec]) -> str | None:

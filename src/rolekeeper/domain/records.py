@@ -3,19 +3,39 @@
 An object's lifecycle: absent (no record), present, or deleting: a last Delete (or a rollback) took
 it, and only that writer removes the AWS object and then the record. A service-linked role's record
 stays deleting, with IAM's deletion task id, until the asynchronous deletion is known to have
-finished. Every change to what the object is or who claims it moves its version.
+finished. Every change to what the object is or who claims it moves its version; a heal holds the
+object's lease (a token and an expiry) while it repairs it.
+
+What a record wants is stored once: each claim holds its own wants (a spec's to_dict()), and the
+object's desired state is derived from them (ownership.desired_of). Records written by 0.1.0 also
+carry the object's `desired` (kept here as legacy_desired until their next write) and claims
+without wants.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 CLAIM = "CLAIM#"
 ROLE_ARN = re.compile(r"^arn:(aws[a-z-]*):iam::(\d{12}):role(/(?:[\x21-\x7E]*/)?)([A-Za-z0-9_+=,.@-]{1,64})$")
 GRANT_PHYSICAL_ID = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+#[A-Za-z0-9]{1,128}$")
-DELETING = "deleting"
+
+
+class Kind(StrEnum):
+    ROLE = "role"
+    SLR = "slr"
+    GRANT = "grant"
+
+
+class State(StrEnum):
+    PRESENT = ""
+    DELETING = "deleting"
+
+
+DELETING = State.DELETING
 
 
 def role_key(role_name: str) -> str:
@@ -39,27 +59,53 @@ class Claim:
 
     @property
     def sk(self) -> str:
-        return f"{CLAIM}{self.stack_id}#{self.logical_id}"
+        return claim_sk(self.stack_id, self.logical_id)
+
+
+def claim_sk(stack_id: str, logical_id: str) -> str:
+    return f"{CLAIM}{stack_id}#{logical_id}"
+
+
+def claim_owner(sk: str) -> tuple[str, str]:
+    """(stack id, logical id) from a claim's sort key: a stack ARN holds no "#"."""
+    stack_id, _, logical_id = sk.removeprefix(CLAIM).rpartition("#")
+    return stack_id, logical_id
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A heal's hold on an object: its token and until when (0: none)."""
+
+    by: str = ""
+    until: float = 0.0
+
+    def held(self, now: float, *, by_other_than: str = "") -> bool:
+        return bool(self.by) and self.until >= int(now) and self.by != by_other_than
 
 
 @dataclass
 class Record:
     key: str
-    kind: str
-    desired: dict[str, Any]
+    kind: Kind
     created: bool = False
     attrs: dict[str, str] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     # Pieces rolekeeper added to the object (ownership.py); None when never recorded.
     added: set[str] | None = None
     version: int = 0
-    state: str = ""  # "" (present) or DELETING
+    state: State = State.PRESENT
     deleting_by: str = ""
     deletion_task_id: str = ""
     deleting_since: int = 0
     claim_count: int = 0
     # When its last heal ended (0: never), as read: a heal that ends later changes it.
     healed_at: float = 0.0
+    heal_count: int = 0
+    heal_window: int = 0
+    lease: Lease = field(default_factory=Lease)
+    # The object's desired state as 0.1.0 stored it (None for records written since).
+    legacy_desired: dict[str, Any] | None = None
+    format: int = 2
 
     @property
     def healable(self) -> bool:
@@ -67,10 +113,22 @@ class Record:
 
     @property
     def deleting(self) -> bool:
-        return self.state == DELETING
+        return self.state == State.DELETING
 
     def claim_of(self, sk: str) -> Claim | None:
         return next((c for c in self.claims if c.sk == sk), None)
+
+    def wants(self, claims: list[Claim] | None = None) -> list[dict[str, Any]]:
+        """What each claim asks for; a claim written before claims stored their wants asks for
+        the object's recorded desired state."""
+        chosen = self.claims if claims is None else claims
+        return [c.wants if c.wants is not None else dict(self.legacy_desired or {}) for c in chosen]
+
+    def spec(self) -> dict[str, Any]:
+        """A service-linked role's or a grant's spec: what its claims ask for (they agree on
+        everything that names the object)."""
+        found = [w for w in self.wants() if w]
+        return found[0] if found else dict(self.legacy_desired or {})
 
 
 def object_key(physical_id: str | None) -> str | None:

@@ -1,56 +1,68 @@
-"""Put registered, claimed objects back to their recorded desired state. Knows nothing of events."""
+"""Put registered, claimed objects back to what their claims want. Knows nothing of events.
+
+A heal: the object must be registered, claimed and healing on; the damage is observed in IAM or
+KMS; the heal takes the object's lease (and counts itself against the hour's limit), reads the
+record as of its lease and plans from that (a stack's Update or release that landed before the
+lease is what the heal repairs to; one after waits for the lease), repairs, and writes what it
+made fenced by the version it read and its lease. A heal whose write is refused because a
+stack let the object go meanwhile takes back what it made.
+"""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
 from rolekeeper.aws import iam, kms
 from rolekeeper.aws.notify import notify
-from rolekeeper.aws.registry import Registry
+from rolekeeper.aws.registry import Change, Fence, Registry
+from rolekeeper.aws.registry.leases import HEAL_LEASE_SECONDS, LeaseState
 from rolekeeper.config import Settings
-from rolekeeper.convergence.grants import converge_grant, is_stale, reissue_stale_grants
-from rolekeeper.convergence.linked_roles import converge_linked_role
-from rolekeeper.convergence.outcomes import UNREAD, role_attrs
-from rolekeeper.convergence.roles import converge_role
+from rolekeeper.convergence import grants
+from rolekeeper.convergence.linked_roles import ensure_linked_role
+from rolekeeper.convergence.outcomes import UNREAD, Made, role_attrs
+from rolekeeper.convergence.roles import delete_created_role, prune_role, repair_role
+from rolekeeper.convergence.transition import Plan, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.drift import ASPECTS, Actual, drift
-from rolekeeper.domain.errors import RolekeeperError
-from rolekeeper.domain.records import Record, grant_key, role_key
-from rolekeeper.domain.specs import GrantSpec, LinkedRoleSpec
+from rolekeeper.domain.errors import RetryLater
+from rolekeeper.domain.records import Kind, Record, grant_key, role_key
+from rolekeeper.domain.specs import LinkedRoleSpec
+from rolekeeper.retry import SLR_DELETION, Clock
 
 logger = Logger(child=True)
 
-# DeleteServiceLinkedRole finishes asynchronously; wait this long (in these steps) for its task.
-DELETION_POLL_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
-LEASE_SECONDS = 120
-sleep: Callable[[float], None] = time.sleep
 
-
-class RetryLater(RolekeeperError):
-    """Not done yet (a deletion still in progress); raising lets Lambda's async retry come back."""
+class Outcome(StrEnum):
+    HEALED = "healed"
+    HEALTHY = "healthy"
+    IGNORED = "ignored"
+    REPORTED = "reported"
+    SUPPRESSED = "suppressed"
+    COALESCED = "coalesced"
+    IN_USE = "in-use"
+    FAILED = "failed"
 
 
 @dataclass
 class Result:
-    outcome: str  # healed | healthy | ignored | reported | suppressed | coalesced | in-use | failed
+    outcome: Outcome
     name: str
     detail: str = ""
     changes: list[str] = field(default_factory=list)
 
 
-# Why a heal leaves an object alone when the registry says it was let go (Lease.state, or the
-# final write's answer).
+# Why a heal leaves an object alone when the registry says it was let go.
 RELEASED = {
-    "gone": "no longer registered",
-    "unclaimed": "no stack claims it any more",
-    "deleting": "a stack's Delete is removing it",
+    LeaseState.GONE: "no longer registered",
+    LeaseState.UNCLAIMED: "no stack claims it any more",
+    LeaseState.DELETING: "a stack's Delete is removing it",
 }
 
 
@@ -67,22 +79,26 @@ def read_actual(name: str, *, with_pieces: bool, aspects: frozenset[str] = ASPEC
 
 
 class Healer:
-    def __init__(self, settings: Settings, registry: Registry, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.settings = settings
         self.registry = registry
-        self.now = now
+        self.objects = registry.objects
+        self.clock = clock
 
     @property
     def reporting(self) -> bool:
         return self.settings.heal_mode == "report"
 
-    def _eligible(self, record: Record | None, name: str) -> Result | None:
+    @staticmethod
+    def _eligible(record: Record | None, name: str) -> Result | None:
         if record is None:
-            return Result("ignored", name, "not registered")
+            return Result(Outcome.IGNORED, name, "not registered")
         if not record.claims:
-            return Result("ignored", name, "no stack claims it")
+            return Result(Outcome.IGNORED, name, "no stack claims it")
         if not record.healable:
-            return Result("ignored", name, "healing is off (Heal: false)")
+            return Result(Outcome.IGNORED, name, "healing is off (Heal: false)")
+        if record.deleting:
+            return Result(Outcome.IGNORED, name, RELEASED[LeaseState.DELETING])
         return None
 
     # --- roles ----------------------------------------------------------------------------------
@@ -103,45 +119,149 @@ class Healer:
 
         slr_deleted: a DeleteServiceLinkedRole at requested_at (with its deletion task id when
         the record carries one): the role stays visible until IAM finishes, so wait for that.
-        record and actual may come from the scheduled reconcile's paged reads; the record is then
-        read again before anything is repaired."""
+        record and actual may come from the scheduled reconcile's paged reads; the repair then
+        reads the role again (the pages may be minutes old)."""
         scanned = record is not None
-        record = record or self.registry.get(role_key(name))
+        record = record or self.objects.read(role_key(name))
         if (ignored := self._eligible(record, name)) is not None:
             return ignored
         assert record is not None
-        if slr_deleted and record.kind == "slr":
+        if slr_deleted and record.kind == Kind.SLR:
             if deletion_task_id:
                 if in_use := self._await_deletion(name, deletion_task_id):
                     return in_use
             else:
                 actual = self._await_disappearance(name, record, requested_at)
-        with_pieces = record.kind == "role"
         if actual is None:
-            actual = read_actual(name, with_pieces=with_pieces, aspects=aspects)
+            actual = read_actual(name, with_pieces=record.kind == Kind.ROLE, aspects=aspects)
         problems = drift(record, actual, aspects, policy_arn)
-        healed_before = record.healed_at  # as read before IAM was
-        if problems and scanned:
-            # The scan may be older than a claim's release or a stack's Delete: decide on the
-            # record as it is now (the lease then checks it again, atomically).
-            record = self.registry.get(record.key)
-            if (ignored := self._eligible(record, name)) is not None:
-                return ignored
-            assert record is not None
-            problems = drift(record, actual, aspects, policy_arn)
         if not problems:
-            return Result("healthy", name)
-        # The schedule's paged reads may be minutes old: its repairs read the role again.
-        return self._repair(record, name, problems, None if scanned else actual, aspects, healed_before)
+            return Result(Outcome.HEALTHY, name)
+        summary = ", ".join(problems)
+        if self.reporting:
+            notify(self.settings.notification_topic_arn, f"rolekeeper would heal {name}", f"{name}: {summary} (HealMode report)")
+            return Result(Outcome.REPORTED, name, summary)
+
+        def still_damaged(held: Record) -> Actual | None:
+            fresh = read_actual(name, with_pieces=held.kind == Kind.ROLE, aspects=aspects)
+            return fresh if drift(held, fresh, aspects, policy_arn) else None
+
+        seen = None if scanned else actual
+        held = self._acquire(record, name, summary, still_damaged, seen)
+        if isinstance(held, Result):
+            return held
+        token, now_record, current = held
+        try:
+            changes = self._repair_role(name, now_record, token, current, aspects)
+        except Exception:
+            self.registry.leases.give_back(now_record.key, token=token, healed_at=self.clock.now())
+            raise
+        if isinstance(changes, Result):
+            return changes
+        notify(
+            self.settings.notification_topic_arn,
+            f"rolekeeper healed {name}",
+            f"{name}: {summary}; done: {', '.join(changes)}",
+        )
+        return Result(Outcome.HEALED, name, summary, changes)
+
+    def _repair_role(
+        self, name: str, first: Record, token: str, current: Actual | None, aspects: frozenset[str]
+    ) -> list[str] | Result:
+        """The heal's transition: repair from the record as of the lease, write fenced by its
+        version and the lease; when the stack let the object go meanwhile, take back what it
+        made. current: IAM as read after the lease (None: read while repairing)."""
+        objects, clock = self.objects, self.clock
+        reads = [first]
+        released: list[str] = []
+        attempts: list[int] = []
+
+        def read() -> Record | None:
+            return reads.pop() if reads else objects.read(first.key)
+
+        def attempt(record: Record | None, made: Made) -> Plan[list[str]]:
+            if record is None or not record.claims or record.deleting or record.lease.by != token:
+                released.append(_why_released(record, token))
+                return Plan([], abandon=True)
+            if record.kind == Kind.SLR:
+                spec = LinkedRoleSpec.from_dict(record.spec())
+                role = UNREAD if current is None or made.created else current.role
+                outcome = ensure_linked_role(spec, made, clock=clock, current=role)
+                changes = list(outcome.changes)
+                if record.attrs.get("role_id") != outcome.role_id:
+                    # Grants made for the old unique id no longer apply: re-issued (each under its
+                    # own lease) before the new id is written, so a failure leaves the old id for
+                    # the retry or the schedule to act on.
+                    grantee = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id}
+                    changes += grants.reissue_stale(
+                        self.registry, grantee, clock=clock, limit=self.settings.heal_rate_limit, healable_only=True
+                    )
+            else:
+                desired = ownership.desired_of(record)
+                # What was read after the lease serves the first attempt; a retry reads IAM again.
+                seen = current if attempts == [] and not made.created else None
+                attempts.append(record.version)
+                outcome = repair_role(
+                    desired,
+                    made,
+                    clock=clock,
+                    created_role_id=ownership.created_role_id(record),
+                    current=seen.role if seen is not None else UNREAD,
+                    attached=seen.attached if seen is not None and seen.role is not None and "policies" in aspects else None,
+                    aspects=aspects if seen is not None and seen.role is not None else ASPECTS,
+                )
+                changes = list(outcome.changes)
+            change = Change(
+                kind=record.kind,
+                attrs=role_attrs(outcome),
+                created=made.created or outcome.ours,
+                added=frozenset(made.added),
+                healed_at=clock.now(),
+                end_lease=True,
+            )
+            return Plan(changes, Fence(record, exact=True, lease=token, claimed=True), change)
+
+        def undo(made: Made) -> None:
+            self._take_back(name, first, token, made)
+
+        changes = run(objects, first.key, read=read, attempt=attempt, undo=undo, clock=clock, what=name)
+        if released:
+            logger.warning("released while healing; what the heal made is taken back", target=name, why=released[-1])
+            return Result(Outcome.IGNORED, name, f"released while healing: {released[-1]}")
+        return changes
+
+    def _take_back(self, name: str, first: Record, token: str, made: Made) -> None:
+        """A heal whose write did not land because the object was let go: remove the role it
+        created (only if no claim holds it now), or the pieces it added that no claim wants."""
+        objects = self.objects
+        try:
+            if made.created:
+                taken = objects.begin_delete(first.key, f"heal:{token}", now=self.clock.now(), lease=token)
+                if taken is None:
+                    return
+                if first.kind == Kind.SLR:
+                    task = iam.delete_service_linked_role(name)
+                    objects.finish_delete(first.key, f"heal:{token}", task_id=task)
+                else:
+                    delete_created_role(name, profile=made.profile)
+                    objects.finish_delete(first.key, f"heal:{token}")
+                return
+            record = objects.read(first.key)
+            if first.kind == Kind.ROLE and made.added:
+                # What the claims as they are now want stays; the rest of what the heal added goes.
+                spec = ownership.desired_of(record) if record is not None and record.claims else None
+                keep = spec or ownership.wanting_nothing(ownership.desired_of(first))
+                prune_role(keep, Made(), added=made.added, created_role_id=ownership.created_role_id(first))
+        except Exception:
+            logger.exception("could not take back what the heal made", target=name)
 
     def _await_deletion(self, name: str, task_id: str) -> Result | None:
-        for delay in DELETION_POLL_DELAYS:
+        for _ in SLR_DELETION.tries(self.clock):
             status, reason = iam.deletion_status(task_id)
             if status == "SUCCEEDED":
                 return None
             if status == "FAILED":
-                return Result("in-use", name, f"deletion failed, nothing to heal: {reason}")
-            sleep(delay)
+                return Result(Outcome.IN_USE, name, f"deletion failed, nothing to heal: {reason}")
         raise RetryLater(f"deletion of {name} still in progress ({task_id})")
 
     def _await_disappearance(self, name: str, record: Record, requested_at: datetime | None) -> Actual:
@@ -150,137 +270,62 @@ class Healer:
         returns a role made after the deletion was asked for (recreated since: a repeated event,
         or a retry after the heal). Still there: Lambda's retry comes back later."""
         known = record.attrs.get("role_id")
-        for delay in DELETION_POLL_DELAYS:
+        for _ in SLR_DELETION.tries(self.clock):
             role = iam.get_role(name)
             if role is None or (known and role.get("RoleId") != known):
                 return Actual(role=role)
             created = role.get("CreateDate")
             if requested_at is not None and isinstance(created, datetime) and created > requested_at:
                 return Actual(role=role)
-            sleep(delay)
         raise RetryLater(f"{name} is still there after its deletion was requested (no task id in the event)")
 
-    def _repair(
+    # --- the lease ------------------------------------------------------------------------------
+
+    def _acquire(
         self,
         record: Record,
         name: str,
-        problems: list[str],
-        actual: Actual | None,
-        aspects: frozenset[str],
-        healed_before: float,
-    ) -> Result:
-        """actual: IAM as just read for the aspects (None: read it again while converging)."""
-        summary = ", ".join(problems)
-        if self.reporting:
-            notify(
-                self.settings.notification_topic_arn,
-                f"rolekeeper would heal {name}",
-                f"{name}: {summary} (HealMode report)",
-            )
-            return Result("reported", name, summary)
-        with_pieces = record.kind == "role"
-        reread: list[Actual] = []
-
-        def still_needed() -> bool:
-            reread.append(read_actual(name, with_pieces=with_pieces, aspects=aspects))
-            return bool(drift(record, reread[-1], aspects))
-
-        acquired = self._acquire(record, name, summary, still_needed, healed_before)
-        if isinstance(acquired, Result):
-            return acquired
-        token = acquired
-        actual = reread[-1] if reread else actual
-        try:
-            if record.kind == "slr":
-                outcome = converge_linked_role(
-                    LinkedRoleSpec.from_dict(record.desired),
-                    current=UNREAD if actual is None else actual.role,
-                )
-            else:
-                # A missing role is made whole; an existing one gets the aspects checked, from
-                # what was read for them (no second GetRole or list).
-                outcome = converge_role(
-                    ownership.desired_of(record),
-                    added=ownership.added_of(record),
-                    created_role_id=ownership.created_role_id(record),
-                    rollback=False,
-                    healing=True,
-                    current=UNREAD if actual is None else actual.role,
-                    attached=actual.attached if actual and actual.role and "policies" in aspects else None,
-                    aspects=aspects if actual and actual.role else ASPECTS,
-                )
-            changes = [*outcome.changes]
-            if record.kind == "slr" and outcome.role_id != record.attrs.get("role_id"):
-                grantee = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id}
-                changes += reissue_stale_grants(self.registry, grantee, healable_only=True)
-        except Exception:
-            self.registry.end_heal(record.key, token=token, healed_at=self.now())
-            raise
-        # One conditional write: the new RoleId (last: if a grant re-issue failed, the old one
-        # stays and the retry or the schedule re-issues again), healed_at, the lease given back.
-        written = self.registry.record_heal(
-            record.key,
-            token=token,
-            attrs=role_attrs(outcome),
-            added=outcome.added,
-            created_now=outcome.created or outcome.ours,
-            healed_at=self.now(),
-        )
-        if written != "recorded":
-            # Give the lease back where the item still is (a Delete waiting on it goes on).
-            self.registry.end_heal(record.key, token=token)
-        if written in RELEASED:
-            return self._released(name, written, changes)
-        if written != "recorded":
-            logger.warning("heal done but not recorded", target=name, why=written, changes=changes)
-        notify(
-            self.settings.notification_topic_arn,
-            f"rolekeeper healed {name}",
-            f"{name}: {summary}; done: {', '.join(changes)}",
-        )
-        return Result("healed", name, summary, changes)
-
-    @staticmethod
-    def _released(name: str, why: str, changes: list[str]) -> Result:
-        """A stack let the object go while it was being healed: its record stays as the Delete
-        left it (never written back), and nothing is undone that this heal cannot prove is its
-        own (the Delete side waits for a held lease, so this is the rare lost-lease case)."""
-        logger.warning("released while healing", target=name, why=RELEASED[why], changes=changes)
-        return Result("ignored", name, f"released while healing: {RELEASED[why]}", changes)
-
-    def _acquire(
-        self, record: Record, name: str, summary: str, still_needed: Callable[[], bool], healed_before: float
-    ) -> str | Result:
-        """Take the heal lease and count the heal (one conditional write), then confirm the damage
-        is still there if a heal ended since it was observed (healed_before: the record's
-        healed_at as read before IAM or KMS was). Returns the lease token (go ahead:
-        the caller holds the lease and ends it), or the reason not to heal now."""
+        summary: str,
+        still_damaged: Callable[[Record], Any],
+        seen: Any,
+    ) -> tuple[str, Record, Any] | Result:
+        """Take the heal lease and count the heal (one conditional write), then read the record
+        as of the lease and confirm the damage against it (a stack's Update may have changed what
+        is wanted; another heal may have repaired it). Returns the lease token, the record and
+        what IAM/KMS showed (None: not read again), or why not to heal now."""
         token = uuid.uuid4().hex
-        lease = self.registry.begin_heal(
+        lease = self.registry.leases.take(
             record.key,
             token=token,
-            now=self.now(),
-            lease_seconds=LEASE_SECONDS,
+            now=self.clock.now(),
+            seconds=HEAL_LEASE_SECONDS,
             limit=self.settings.heal_rate_limit,
         )
-        if lease.state == "held":
-            return Result("coalesced", name, "another invocation is healing it")
+        if lease.state == LeaseState.HELD:
+            return Result(Outcome.COALESCED, name, "another invocation is healing it")
         if lease.state in RELEASED:
-            return Result("ignored", name, RELEASED[lease.state])
+            return Result(Outcome.IGNORED, name, RELEASED[lease.state])
         if not lease.taken:
             message = f"{name} was healed {self.settings.heal_rate_limit} times this hour; healing stopped for it: {summary}"
             notify(self.settings.notification_topic_arn, f"rolekeeper stopped healing {name}", message)
-            return Result("suppressed", name, message)
+            return Result(Outcome.SUPPRESSED, name, message)
         try:
-            # A heal ended since the record was read (and so perhaps after IAM was observed):
-            # look again before repairing what it may have repaired already.
-            if lease.last_healed != healed_before and not still_needed():
-                self.registry.end_heal(record.key, token=token, uncount=True)
-                return Result("coalesced", name, "already healed by another invocation")
+            held = self.objects.read(record.key)
+            if held is None or not held.claims or held.lease.by != token:
+                self.registry.leases.give_back(record.key, token=token, uncount=True)
+                return Result(Outcome.IGNORED, name, RELEASED[LeaseState.UNCLAIMED])
+            current = seen
+            # The record or a heal moved since the damage was observed: look again, against the
+            # record as of the lease, before repairing what may be repaired or no longer wanted.
+            if seen is None or held.version != record.version or lease.last_healed != record.healed_at:
+                current = still_damaged(held)
+                if current is None:
+                    self.registry.leases.give_back(record.key, token=token, uncount=True)
+                    return Result(Outcome.COALESCED, name, "already healed, or no longer wanted")
         except Exception:
-            self.registry.end_heal(record.key, token=token, uncount=True)
+            self.registry.leases.give_back(record.key, token=token, uncount=True)
             raise
-        return token
+        return token, held, current
 
     # --- grants ---------------------------------------------------------------------------------
 
@@ -294,109 +339,57 @@ class Healer:
     ) -> Result:
         """key_arn (from the event): the grant's own record is read directly (its key is the
         physical id, key ARN and grant id); a grant re-issued since is found through the index."""
-        scanned = record is not None
         if record is None and key_arn and key_arn.startswith("arn:"):
-            record = self.registry.get(grant_key(f"{key_arn}#{grant_id}"))
+            record = self.objects.read(grant_key(f"{key_arn}#{grant_id}"))
             if record is not None and record.attrs.get("grant_id") != grant_id:
                 record = None
-        record = record or self.registry.grant_by_id(grant_id)
+        if record is None:
+            found = self.objects.grants_by_id(grant_id)
+            record = found[0] if found else None
         if (ignored := self._eligible(record, grant_id)) is not None:
             return ignored
         assert record is not None
-        spec = GrantSpec.from_dict(record.desired)
+        grant_key_arn = record.attrs.get("key_arn") or record.spec().get("key_arn", "")
         if exists is None:
-            exists = kms.grant_exists(spec.key_arn, grant_id)
+            exists = kms.grant_exists(grant_key_arn, grant_id)
         if exists:
-            return Result("healthy", grant_id)
-        healed_before = record.healed_at
-        if scanned:  # decide on the record as it is now, not as the scan saw it
-            record = self.registry.get(record.key)
-            if (ignored := self._eligible(record, grant_id)) is not None:
-                return ignored
-            assert record is not None
-            if record.attrs.get("grant_id") != grant_id:
-                return Result("healthy", grant_id, "replaced since the scan")
+            return Result(Outcome.HEALTHY, grant_id)
         if self.reporting:
-            return Result("reported", grant_id, "grant retired or revoked")
-        grantee = iam.get_role(spec.grantee_role_name)
+            return Result(Outcome.REPORTED, grant_id, "grant retired or revoked")
+        grantee_name = record.spec().get("grantee_role_name", "")
+        grantee = iam.get_role(grantee_name)
         if grantee is None:
-            return Result(
-                "ignored", grant_id, f"{spec.grantee_role_name} is missing; its heal re-issues the grant"
-            )
-        acquired = self._acquire(
-            record,
-            grant_id,
-            "grant retired or revoked",
-            lambda: not kms.grant_exists(spec.key_arn, grant_id),
-            healed_before,
-        )
-        if isinstance(acquired, Result):
-            return acquired
+            return Result(Outcome.IGNORED, grant_id, f"{grantee_name} is missing; its heal re-issues the grant")
+
+        def still_damaged(held: Record) -> Any:
+            current = held.attrs.get("grant_id")
+            return True if current == grant_id and not kms.grant_exists(grant_key_arn, grant_id) else None
+
+        held = self._acquire(record, grant_id, "grant retired or revoked", still_damaged, None)
+        if isinstance(held, Result):
+            return held
+        token = held[0]
         try:
-            outcome = converge_grant(spec, grantee)
+            done = grants.reissue(self.objects, record.key, grantee, token=token, clock=self.clock)
         except Exception:
-            self.registry.end_heal(record.key, token=acquired, healed_at=self.now())
+            self.registry.leases.give_back(record.key, token=token, healed_at=self.clock.now())
             raise
-        written = self.registry.record_heal(
-            record.key,
-            token=acquired,
-            attrs=_grant_attrs(outcome.grant_id, outcome.grantee_arn, outcome.grantee_role_id),
-            created_now=True,
-            healed_at=self.now(),
-        )
-        if written != "recorded":
-            self.registry.end_heal(record.key, token=acquired)
-        if written in RELEASED:
-            return self._released(grant_id, written, [outcome.grant_id])
+        if not done.grant_id:
+            self.registry.leases.give_back(record.key, token=token)
+            return Result(Outcome.IGNORED, grant_id, f"released while healing: {done.why_not}")
         notify(
             self.settings.notification_topic_arn,
             "rolekeeper re-issued a KMS grant",
-            f"{spec.key_arn}: grant {grant_id} replaced by {outcome.grant_id}",
+            f"{grant_key_arn}: grant {grant_id} replaced by {done.grant_id}",
         )
-        return Result("healed", grant_id, "grant re-issued", [outcome.grant_id])
-
-    # --- the scheduled reconcile ----------------------------------------------------------------
-
-    def reconcile_all(self) -> list[Result]:
-        """Every registered object checked against IAM and KMS listed in pages, not one call each."""
-        records = [r for r in self.registry.all() if r.claims and r.healable]
-        roles: dict[str, dict[str, Any]] = {}
-        if any(r.kind in ("slr", "role", "grant") for r in records):
-            roles = {detail["RoleName"].lower(): detail for detail in iam.role_details()}
-        grants_by_key: dict[str, set[str]] = {}
-        results = []
-        for record in records:
-            try:
-                grantee = roles.get(record.attrs.get("grantee_role", "")) if record.kind == "grant" else None
-                if grantee is not None and is_stale(record, grantee["RoleId"]):
-                    # Made for an older incarnation of its grantee (the grant Name carries the
-                    # RoleId): existing is not enough, it no longer applies to the role.
-                    changes = reissue_stale_grants(self.registry, grantee, healable_only=True)
-                    results.append(
-                        Result("healed", record.key, "grant made for a replaced grantee role", changes)
-                    )
-                elif record.kind == "grant":
-                    key_arn = record.attrs["key_arn"]
-                    if key_arn not in grants_by_key:
-                        grants_by_key[key_arn] = kms.grant_ids(key_arn)
-                    grant_id = record.attrs["grant_id"]
-                    results.append(
-                        self.heal_grant(
-                            grant_id,
-                            exists=grant_id in grants_by_key[key_arn],
-                            record=record,
-                        )
-                    )
-                else:
-                    name = record.attrs.get("name") or record.key.split("#", 1)[1]
-                    found = roles.get(name.lower())
-                    actual = Actual.from_details(found) if found else Actual(role=None)
-                    results.append(self.heal_role(name, actual=actual, record=record))
-            except Exception as error:  # one object's failure must not stop the others
-                logger.exception("reconcile failed for object", key=record.key)
-                results.append(Result("failed", record.key, f"{type(error).__name__}: {error}"))
-        return results
+        return Result(Outcome.HEALED, grant_id, "grant re-issued", [done.grant_id])
 
 
-def _grant_attrs(grant_id: str, grantee_arn: str, grantee_role_id: str) -> dict[str, str]:
-    return {"grant_id": grant_id, "grantee_arn": grantee_arn, "grantee_role_id": grantee_role_id}
+def _why_released(record: Record | None, token: str) -> str:
+    if record is None:
+        return RELEASED[LeaseState.GONE]
+    if record.deleting:
+        return RELEASED[LeaseState.DELETING]
+    if not record.claims:
+        return RELEASED[LeaseState.UNCLAIMED]
+    return "another writer holds it now" if record.lease.by != token else "changed"

@@ -26,16 +26,12 @@ resource request types" Create/Update/Delete, and "Stack status codes"):
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
-from typing import Any
 
-from botocore.exceptions import ClientError
-
-from rolekeeper.aws import clients as aws
+from rolekeeper.aws import cloudformation
 from rolekeeper.domain.catalog import Scope
-from rolekeeper.domain.errors import RolekeeperError
+from rolekeeper.domain.errors import Unconfirmed
 
 STACK_ARN = re.compile(
     r"^arn:(aws[a-z-]*):cloudformation:([a-z0-9-]+):(\d{12}):stack/([A-Za-z][A-Za-z0-9-]{0,127})/[A-Za-z0-9-]+$"
@@ -50,17 +46,13 @@ RESOURCE_STATUS_FOR = {
 }
 
 
-class Unconfirmed(RolekeeperError):
-    """CloudFormation does not confirm the request; nothing was changed."""
-
-
-def identity_for(invoked_function_arn: str, stack_id: str) -> Scope:
+def identity_for(invoked_function_arn: str, stack_id: str, *, sam_local: bool = False) -> Scope:
     """The scope a request runs in. The StackId must name this function's own partition,
     account and region; under sam local (a made-up function ARN) the StackId's own is used."""
     match = STACK_ARN.fullmatch(stack_id)
     if match is None:
         raise Unconfirmed("StackId is not a CloudFormation stack ARN")
-    if os.environ.get("AWS_SAM_LOCAL"):
+    if sam_local:
         return Scope(partition=match.group(1), region=match.group(2), account=match.group(3))
     own = Scope.from_arn(invoked_function_arn)
     if (match.group(1), match.group(3), match.group(2)) != (own.partition, own.account, own.region):
@@ -81,7 +73,9 @@ def confirm(
 ) -> None:
     """Raise Unconfirmed unless CloudFormation is sending this request now. object_of names the
     object a physical id stands for (so an id spelled differently cannot pass for another one)."""
-    resource = _describe_resource(stack_id, logical_id)
+    resource = cloudformation.describe_resource(stack_id, logical_id)
+    if not resource:
+        raise Unconfirmed(f"CloudFormation knows no resource {logical_id} in that stack; request not confirmed")
     status = resource.get("ResourceStatus", "")
     current = resource.get("PhysicalResourceId")
     if resource.get("ResourceType") != resource_type:
@@ -97,33 +91,10 @@ def confirm(
         request_type == "Delete"
         and current is not None
         and object_of(physical_id) != object_of(current)
-        and _stack_status(stack_id) in REPLACEMENT_CLEANUP
+        and cloudformation.stack_status(stack_id) in REPLACEMENT_CLEANUP
     ):
         return  # the cleanup of a replaced physical id (another object than the current one)
     raise Unconfirmed(
         f"CloudFormation shows {logical_id} as {status or 'unknown'}, not a {request_type} in progress "
         "for that physical id; request not confirmed, nothing changed"
     )
-
-
-def _describe_resource(stack_id: str, logical_id: str) -> dict[str, Any]:
-    try:
-        found = aws.cloudformation().describe_stack_resource(StackName=stack_id, LogicalResourceId=logical_id)
-    except ClientError as error:
-        if aws.error_code(error) == "ValidationError":
-            # "Stack ... does not exist" or "Resource ... does not exist for stack ..."
-            raise Unconfirmed(
-                f"CloudFormation knows no resource {logical_id} in that stack; request not confirmed"
-            ) from None
-        raise
-    return dict(found["StackResourceDetail"])
-
-
-def _stack_status(stack_id: str) -> str:
-    try:
-        stacks = aws.cloudformation().describe_stacks(StackName=stack_id)["Stacks"]
-    except ClientError as error:
-        if aws.error_code(error) == "ValidationError":
-            return ""
-        raise
-    return str(stacks[0]["StackStatus"]) if stacks else ""

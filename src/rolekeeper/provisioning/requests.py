@@ -40,10 +40,8 @@ class Request:
 
 @dataclass
 class Response:
+    """What a request answers CloudFormation when it succeeds (changes: for the log)."""
+
     physical_id: str
     data: dict[str, str] = field(default_factory=dict)
-    # For abandon(): the registry key, this resource's claim as it was before the request, and
-    # whether the request itself created the object.
-    key: str | None = None
-    previous: Claim | None = None
-    made: bool = False
+    changes: list[str] = field(default_factory=list, compare=False)

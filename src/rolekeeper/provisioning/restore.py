@@ -1,0 +1,116 @@
+"""Undoing what a request did when its own write did not land (the object kept changing, or the
+request was answered FAILED elsewhere): an object it created is taken back, a role it changed is
+converged back to what the claims as registered want."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aws_lambda_powertools import Logger
+
+from rolekeeper.aws import iam
+from rolekeeper.aws.registry import Change, Fence
+from rolekeeper.convergence.outcomes import Made
+from rolekeeper.convergence.roles import ensure_role, prune_role
+from rolekeeper.convergence.transition import Plan, run
+from rolekeeper.domain import ownership
+from rolekeeper.domain.errors import HealInProgress
+from rolekeeper.domain.records import Kind, Record
+from rolekeeper.provisioning import settle
+from rolekeeper.provisioning.context import Context
+from rolekeeper.provisioning.requests import Request
+
+logger = Logger(child=True)
+
+
+def take_back(ctx: Context, request: Request, key: str, name: str, remove: Callable[[], object]) -> None:
+    """Remove the AWS object this request created, unless a claim now holds it (another stack
+    adopted it meanwhile): the deletion is taken in the registry first, like a last Delete.
+    Best effort: a failure is logged (the caller re-raises what made the undo necessary)."""
+    objects = ctx.registry.objects
+    token = f"rollback:{request.token}"
+    try:
+        taken = objects.begin_delete(key, token, now=ctx.clock.now(), absent_too=True)
+    except HealInProgress:
+        taken = None
+    except Exception:
+        logger.exception("could not take the object for rollback; left in place", role_name=name)
+        return
+    if taken is None:
+        logger.warning("object this request created is held by another claim; kept", role_name=name)
+        return
+    logger.warning("removing the object this request created", role_name=name)
+    task_id = None
+    try:
+        result = remove()
+        task_id = result if isinstance(result, str) else None
+    except Exception:
+        logger.exception("could not remove the object this request created", role_name=name)
+    try:
+        objects.finish_delete(key, token, task_id=task_id)
+    except Exception:
+        logger.exception("could not remove the registry record", key=key)
+
+
+def role(
+    ctx: Context, key: str, name: str, *, extra_added: set[str] | frozenset[str] = frozenset(), put_back: bool = True
+) -> list[str]:
+    """Converge a role to what its claims as registered want: take away what no claim wants any
+    more (a released claim's pieces; extra_added: pieces an unfinished request added, which no
+    write recorded) and, with put_back (always after a lost race), put back what an unfinished
+    request's prune took away. A role that is gone stays gone (healing puts it back), and with no
+    claim left the role stays as it is. Returns what changed; never raises (the next request or
+    the schedule converges a role that kept changing)."""
+    objects, clock = ctx.registry.objects, ctx.clock
+    tries = [put_back]
+
+    def attempt(record: Record | None, made: Made) -> Plan[list[str]]:
+        if record is None or record.kind != Kind.ROLE or not record.claims or record.deleting:
+            return Plan([])
+        desired = ownership.desired_of(record)
+        created_role_id = ownership.created_role_id(record)
+        added = ownership.added_of(record) | set(extra_added)
+        current = iam.get_role(name)
+        if current is None:
+            return Plan([])
+        changes: list[str] = []
+        attached = None
+        if tries[-1]:
+            outcome = ensure_role(
+                desired,
+                made,
+                clock=clock,
+                created_role_id=created_role_id,
+                adoption_refusal=lambda _role: None,  # adopted before: only what the claims want is added
+                current=current,
+            )
+            changes, attached = outcome.changes[1:], outcome.attached
+        tries.append(True)  # a retry after a lost race puts back too
+        pruned = prune_role(
+            desired,
+            made,
+            added=added | made.added,
+            created_role_id=created_role_id,
+            role=current,
+            attached=attached,
+        )
+        changes += pruned.changes if pruned else []
+        pieces = frozenset((added | made.added) - made.removed)
+        change = Change(kind=Kind.ROLE, attrs=record.attrs, pieces=pieces)
+        return Plan(changes, Fence(record, exact=True, lease_free=True), change)
+
+    try:
+        changes = run(
+            objects,
+            key,
+            read=lambda: settle.lease_free(objects, key, objects.read(key), name, clock),
+            attempt=attempt,
+            undo=lambda _made: None,
+            clock=clock,
+            what=name,
+        )
+    except Exception:
+        logger.exception("role not converged back; the next request or the schedule converges it", role_name=name)
+        return []
+    logger.info("role converged to its claims", role_name=name, changes=changes)
+    return changes
