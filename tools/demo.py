@@ -129,9 +129,9 @@ def registry_agrees(key_arn: str) -> bool:
 
     registry = Registry(settings().registry_table_name)
     role = boto3.client("iam").get_role(RoleName=SPOT_FLEET)["Role"]
-    record = registry.get(role_key(SPOT_FLEET))
+    record = registry.objects.read(role_key(SPOT_FLEET))
     grants = {g["GrantId"] for g in boto3.client("kms").list_grants(KeyId=key_arn)["Grants"]}
-    recorded = {g.attrs.get("grant_id") for g in registry.grants_naming(SPOT_FLEET)}
+    recorded = {g.attrs.get("grant_id") for g in registry.objects.grants_naming(SPOT_FLEET)}
     agrees = record is not None and record.attrs.get("role_id") == role["RoleId"] and recorded == grants
     print(f"  registry agrees with AWS (RoleId and grant ids): {'yes' if agrees else 'NO'}")
     return agrees
