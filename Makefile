@@ -1,8 +1,18 @@
 # rolekeeper: the few targets a user types. Everything installs itself on first use.
 SHELL := /bin/bash
+# The tool venvs (.venv-tools) run on the machine's python3.
 PYTHON ?= python3
+# The dev venv (make dev, test, lint, demo) runs the functions' runtime, Python 3.13: python3.13 on
+# PATH if it runs, else pyenv's. `make dev PYTHON313=/path/to/python3.13` to choose another.
+ifndef PYTHON313
+PYTHON313 := $(shell for p in python3.13 $(HOME)/.pyenv/versions/3.13*/bin/python3.13; do \
+  "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
+# uv.lock pins every dependency with hashes (make lock); make dev installs its export.
+DEV_LOCK := requirements-dev.txt
+UV := $(VENV)/bin/uv
 TOOLS := .venv-tools
 SAM := $(TOOLS)/sam/bin/sam
 CHECKOV := $(TOOLS)/checkov/bin/checkov
@@ -16,15 +26,25 @@ PACKAGED := dist/rolekeeper-$(VERSION).template.json
 PY313 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin))
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: dev tools test lint format build package demo bench clean sam-local
+.PHONY: dev lock tools test lint format build package demo bench clean sam-local
 
 dev: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+$(VENV)/.installed: $(DEV_LOCK) pyproject.toml
+	$(if $(PYTHON313),,$(error Python 3.13 (the functions' runtime) not found: install it (pyenv install 3.13, or your system's python3.13 package) or pass PYTHON313=/path/to/python3.13))
+	$(PYTHON313) -m venv --clear $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# After editing the dependencies in pyproject.toml: re-resolve uv.lock (one resolution for every
+# platform and Python the project supports, hashes of every wheel) and export it for pip:
+# src/requirements.txt (the Lambda artifact: sam build, make package) and requirements-dev.txt
+# (make dev). `make lock UV_LOCK_ARGS=--upgrade` moves every pin to the newest allowed release.
+lock: dev
+	$(UV) lock $(UV_LOCK_ARGS)
+	$(UV) export --quiet --frozen --no-emit-project --output-file src/requirements.txt
+	$(UV) export --quiet --frozen --no-emit-project --extra dev --output-file $(DEV_LOCK)
 
 # aws-sam-cli, checkov and parliament pin old boto3 and clash with each other: one venv each.
 $(SAM):
