@@ -26,7 +26,7 @@ PACKAGED := dist/rolekeeper-$(VERSION).template.json
 PY313 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin))
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: dev lock tools test lint format build package demo bench clean sam-local
+.PHONY: dev lock tools test lint format build package forwarder demo bench clean sam-local
 
 dev: $(VENV)/.installed
 
@@ -81,6 +81,18 @@ build: $(SAM)
 # The StackSets-ready release in dist/: template without Transform, arm64 code zip, publish steps.
 package: $(TRANSLATOR)
 	$(TRANSLATOR) -m tools.package --out dist
+
+# Outside us-east-1 rolekeeper heals on its schedule only: IAM's CloudTrail events reach
+# EventBridge in us-east-1 alone. This deploys examples/iam-events-forwarder.yaml there, in the
+# account your AWS credentials name, to forward them to rolekeeper's region (docs/healing-latency.md):
+#   make forwarder REGION=eu-west-1 [BUS=<event bus ARN, default: that region's default bus>]
+FORWARDER_STACK ?= rolekeeper-iam-forwarder
+forwarder:
+	$(if $(REGION),,$(error REGION is the region rolekeeper runs in: make forwarder REGION=eu-west-1))
+	$(if $(filter us-east-1,$(REGION)),$(error rolekeeper in us-east-1 receives IAM events itself: no forwarder needed))
+	aws cloudformation deploy --region us-east-1 --stack-name $(FORWARDER_STACK) \
+	  --template-file examples/iam-events-forwarder.yaml --capabilities CAPABILITY_IAM \
+	  --no-fail-on-empty-changeset --parameter-overrides TargetRegion=$(REGION) $(if $(BUS),TargetEventBusArn=$(BUS))
 
 demo: dev
 	$(PY) -m tools.demo
