@@ -21,7 +21,9 @@ PARLIAMENT := $(TOOLS)/parliament/bin/parliament
 # its own venv, so the dev venv keeps the pydantic the Lambda artifact ships.
 TRANSLATOR := $(TOOLS)/translator/bin/python
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-PACKAGED := dist/rolekeeper-$(VERSION).template.json
+# make lint checks the packaged template's shape (pinned to no code) outside dist/, where a
+# release made by make package stays as published.
+PACKAGED := build/lint/rolekeeper-$(VERSION).template.json
 # sam build needs the function's runtime (python3.13) on PATH; pyenv provides it here.
 PY313 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin))
 export SAM_CLI_TELEMETRY := 0
@@ -66,7 +68,7 @@ lint: dev tools
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(SAM) validate --lint --template template.yaml
-	$(TRANSLATOR) -m tools.package --template-only --out dist
+	$(TRANSLATOR) -m tools.package --template-only --out $(dir $(PACKAGED))
 	$(TOOLS)/sam/bin/cfn-lint template.yaml examples/*.yaml $(PACKAGED)
 	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation --file template.yaml --file examples/iam-events-forwarder.yaml --file examples/batch-platform.yaml --file examples/org-hub.yaml --file $(PACKAGED)
 	$(PY) -m tools.policies | $(TOOLS)/parliament/bin/python tools/parliament_check.py
@@ -106,4 +108,4 @@ sam-local: dev $(SAM)
 	bash tools/sam_local.sh $(SAM) $(PY) $(PY313)
 
 clean:
-	rm -rf .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis dist
+	rm -rf .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis dist build
