@@ -84,7 +84,9 @@ def evaluate(documents: list[dict[str, Any]], action: str, resource: str, contex
     return allowed
 
 
-def denied_explicitly(documents: list[dict[str, Any]], action: str, resource: str, context: dict[str, Any]) -> bool:
+def denied_explicitly(
+    documents: list[dict[str, Any]], action: str, resource: str, context: dict[str, Any]
+) -> bool:
     """Whether a Deny statement applies (what an SCP or a boundary's Deny does, whatever else allows)."""
     return any(
         statement["Effect"] == "Deny" and statement_applies(statement, action, resource, context)
