@@ -264,6 +264,7 @@ def run_guardrail(args: argparse.Namespace) -> int:
     problems = guardrail.check_exemptions(
         args.function_role_arn_pattern, args.break_glass_role, prefix=args.prefix, partition=args.partition
     )
+    problems += guardrail.check_prefix(args.prefix)
     if getattr(args, "boundary_policy_arn", None):
         problems += guardrail.check_boundary_policy_arn(args.boundary_policy_arn, partition=args.partition)
     if problems:

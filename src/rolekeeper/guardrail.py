@@ -10,8 +10,9 @@ Where IAM can tell a kept object from another one:
 - documented role and instance-profile names: by name, at any path (IAM names are unique in an
   account; "*" also matches "/", so each name is matched as `role/<name>` and `role/*/<name>`);
 - service-linked roles: by their fixed path and name;
-- application roles (`role/<prefix>*`): only those carrying rolekeeper's marker tag
-  (aws:ResourceTag, which IAM evaluates on the role for every role action);
+- application roles (`role/<prefix>*`): only those carrying rolekeeper's marker tag. The
+  Service Authorization Reference (IAM) lists aws:ResourceTag for the `role` resource type, which
+  each of the role actions below names, so the condition holds for every one of them;
 - their instance profiles: by name only. aws:ResourceTag on an instance-profile action reads the
   profile's own tags, and rolekeeper tags roles, not profiles: every `instance-profile/<prefix>*`
   is kept;
@@ -291,6 +292,13 @@ def check_exemptions(
                     "those roles would be exempt"
                 )
     return problems
+
+
+def check_prefix(prefix: str) -> list[str]:
+    """ApplicationRoleNamePrefix as template.yaml accepts it (no wildcard can slip into a pattern)."""
+    if re.fullmatch(r"[A-Za-z0-9_+=,.@-]{2,32}", prefix):
+        return []
+    return [f"prefix {prefix!r} is not an ApplicationRoleNamePrefix (2 to 32 of A-Z a-z 0-9 _+=,.@-)"]
 
 
 def check_boundary_policy_arn(arn: str, *, partition: str = "aws") -> list[str]:

@@ -474,3 +474,9 @@ def test_cli_refuses_an_scp_over_the_quota(capsys):
 def test_cli_refuses_a_boundary_arn_that_is_not_a_policy(capsys):
     assert main(["guardrail", "boundary", *ARGS, "--boundary-policy-arn=arn:aws:iam::aws:policy/*"]) == 2
     assert "is not a customer managed policy ARN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prefix", ["app*", "a", "app/"])
+def test_cli_refuses_a_prefix_that_is_not_one(capsys, prefix):
+    assert main(["guardrail", "scp", *ARGS, f"--prefix={prefix}"]) == 2
+    assert "is not an ApplicationRoleNamePrefix" in capsys.readouterr().err
