@@ -157,7 +157,7 @@ def test_the_scp_leaves_what_is_not_rolekeepers_to_the_administrator(case):
     assert evaluate([ADMINISTRATOR_POLICY, SCP], action, resource, context)
 
 
-def test_an_administrator_without_break_glass_is_denied_though_his_policy_allows_everything():
+def test_an_administrator_without_break_glass_is_denied_though_its_policy_allows_everything():
     context = {"aws:PrincipalArn": ADMINISTRATOR}
     assert not evaluate([ADMINISTRATOR_POLICY, SCP], "iam:DeleteRole", f"{IAM}:role/ecsInstanceRole", context)
     assert not evaluate(
