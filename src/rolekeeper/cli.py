@@ -378,6 +378,73 @@ def table_from_stack(stack: str) -> str:
     raise LookupError(f"stack {stack} has no RegistryTableName output")
 
 
+def add_guardrail_command(commands: Any) -> None:
+    """`rolekeeper guardrail scp|boundary`: print the guardrail (docs/guardrail.md); no AWS call."""
+    guardrail = commands.add_parser(
+        "guardrail", help="print the guardrail: an SCP or a boundary's Deny statements"
+    )
+    kinds = guardrail.add_subparsers(dest="kind", required=True)
+    scp = kinds.add_parser("scp", help="a service control policy for AWS Organizations (compact JSON)")
+    boundary = kinds.add_parser(
+        "boundary", help="the Deny statements to add to every other principal's boundary"
+    )
+    for kind in (scp, boundary):
+        kind.add_argument(
+            "--function-role-arn-pattern",
+            action="append",
+            default=[],
+            metavar="ARN",
+            help="rolekeeper's function roles (repeat for each; * and ? allowed, the account may be *)",
+        )
+        kind.add_argument(
+            "--break-glass-role", action="append", default=[], metavar="ARN", help="exempt role (repeatable)"
+        )
+        kind.add_argument("--prefix", default="app-", help="ApplicationRoleNamePrefix (default: app-)")
+        kind.add_argument("--partition", default="aws", help="aws (default), aws-cn, aws-us-gov")
+    scp.add_argument("--pretty", action="store_true", help="indented (white space counts against the quota)")
+    boundary.add_argument(
+        "--boundary-policy-arn",
+        help="the boundary that will hold them: adds statements that keep it in place",
+    )
+    boundary.add_argument(
+        "--document", action="store_true", help="a whole boundary policy (Allow * and the Denies), not a list"
+    )
+
+
+def run_guardrail(args: argparse.Namespace) -> int:
+    from rolekeeper import guardrail
+
+    exempt = [*args.function_role_arn_pattern, *args.break_glass_role]
+    problems = guardrail.check_exemptions(
+        args.function_role_arn_pattern, args.break_glass_role, prefix=args.prefix, partition=args.partition
+    )
+    problems += guardrail.check_prefix(args.prefix)
+    if getattr(args, "boundary_policy_arn", None):
+        problems += guardrail.check_boundary_policy_arn(args.boundary_policy_arn, partition=args.partition)
+    if problems:
+        for problem in problems:
+            print(f"rolekeeper guardrail: {problem}", file=sys.stderr)
+        return 2
+    document: Any
+    if args.kind == "scp":
+        document = guardrail.scp(exempt, prefix=args.prefix, partition=args.partition)
+        text = json.dumps(document, indent=2) if args.pretty else guardrail.compact(document)
+        size, limit = len(text), guardrail.SCP_MAX_CHARS
+    else:
+        statements = guardrail.boundary_statements(
+            exempt, prefix=args.prefix, partition=args.partition, boundary_policy_arn=args.boundary_policy_arn
+        )
+        document = guardrail.boundary_document(statements) if args.document else statements
+        size, limit = guardrail.policy_chars(document), guardrail.MANAGED_POLICY_MAX_CHARS
+        text = json.dumps(document, indent=2)
+    print(f"rolekeeper guardrail {args.kind}: {size} of {limit} characters", file=sys.stderr)
+    if size > limit:
+        print(f"rolekeeper guardrail: too large for the {limit}-character quota", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rolekeeper", description="rolekeeper operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -386,7 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--stack", default="rolekeeper", help="rolekeeper's stack name (default: rolekeeper)")
     show.add_argument("--json", action="store_true", help="machine-readable output, every attribute")
     show.add_argument("--no-drift", action="store_true", help="registry only; no IAM or KMS reads")
+    add_guardrail_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "guardrail":
+        return run_guardrail(args)
     try:
         table = args.table or os.environ.get("REGISTRY_TABLE_NAME") or table_from_stack(args.stack)
         entries = status(table, check_drift=not args.no_drift)
