@@ -88,7 +88,7 @@ def context() -> LambdaContext:
 
 
 def reset_clients() -> None:
-    from rolekeeper import aws
+    from rolekeeper.aws import clients as aws
     from rolekeeper.config import settings
 
     aws.client.cache_clear()
@@ -96,7 +96,7 @@ def reset_clients() -> None:
 
 
 def create_registry_table() -> None:
-    from rolekeeper.registry import TABLE_SCHEMA
+    from rolekeeper.aws.registry import TABLE_SCHEMA
 
     boto3.client("dynamodb").create_table(
         TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA)
@@ -123,7 +123,7 @@ def aws(
     cfn: cloudformation.CloudFormation,
 ) -> Iterator[None]:
     """moto, made to behave as AWS (tests/fidelity.py), with the registry table created."""
-    from rolekeeper import iam
+    from rolekeeper.aws import iam
 
     monkeypatch.setattr(iam, "sleep", lambda _s: None)
     fidelity.install(monkeypatch, deletion_tasks)
@@ -137,7 +137,7 @@ def aws(
 @pytest.fixture
 def raw_moto(monkeypatch: pytest.MonkeyPatch, cfn: cloudformation.CloudFormation) -> Iterator[None]:
     """moto as it is (its own SLR names and EntityAlreadyExists), for the both-behaviours tests."""
-    from rolekeeper import iam
+    from rolekeeper.aws import iam
 
     monkeypatch.setattr(iam, "sleep", lambda _s: None)
     with mock_aws():

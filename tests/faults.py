@@ -236,7 +236,7 @@ class Faults:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Faults:
         """Hook every client rolekeeper.aws makes from now on (aws.iam(), aws.kms(), aws.dynamodb()),
         as it makes it: a test that never touches KMS does not pay for a KMS client."""
-        from rolekeeper import aws
+        from rolekeeper.aws import clients as aws
 
         make = aws.client.__wrapped__  # the uncached function: the cache below replaces it
 
@@ -359,8 +359,8 @@ def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None) -> Iterator[Non
     import boto3
     from moto import mock_aws
 
-    from rolekeeper import iam
-    from rolekeeper.registry import TABLE_SCHEMA
+    from rolekeeper.aws import iam
+    from rolekeeper.aws.registry import TABLE_SCHEMA
     from tests import fidelity
     from tests.conftest import reset_clients
 

@@ -130,7 +130,7 @@ class Scheduler:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
         """Hook every IAM, KMS and DynamoDB client rolekeeper.aws makes from now on."""
-        from rolekeeper import aws
+        from rolekeeper.aws import clients as aws
 
         # The uncached maker underneath (a scheduler installed before in this test is replaced, not
         # stacked on).
@@ -148,7 +148,9 @@ class Scheduler:
         monkeypatch.setattr(aws, "client", client)
         # rolekeeper's waits (for IAM, for another writer, for a deletion task) are where a thread
         # lets the others run: a switch there is not a preemption, and it costs no time.
-        from rolekeeper import healing, iam, provisioner, registry
+        from rolekeeper.aws import iam, registry
+        from rolekeeper.healing import service as healing
+        from rolekeeper.provisioning import service as provisioner
 
         for module in (iam, healing, provisioner, registry):
             monkeypatch.setattr(module, "sleep", self._sleep, raising=False)
@@ -406,15 +408,16 @@ class World:
     operator's retry of a FAILED Delete)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from rolekeeper import healing
         from rolekeeper.handlers import custom_resource, healer
+        from rolekeeper.healing import service as healing
 
         self.sent = Sent()
         self.cfn = cloudformation.CloudFormation()
         cloudformation.install(monkeypatch, self.cfn)
         monkeypatch.setattr(custom_resource, "helper", _PerThreadHelper(custom_resource.helper, self.sent))
         monkeypatch.setattr(custom_resource, "noted", _PerThreadList())
-        from rolekeeper import provisioner, registry
+        from rolekeeper.aws import registry
+        from rolekeeper.provisioning import service as provisioner
 
         for module in (healing, provisioner, registry):
             monkeypatch.setattr(module, "sleep", lambda _s: None, raising=False)
@@ -661,7 +664,7 @@ def broken_invariants(world: World, *, deleted: Sequence[str] = ()) -> list[str]
         Delete with OnDelete: Delete released, CloudFormation holding nothing of it at the end)
         does not exist, nor its instance profile.
     """
-    from rolekeeper.provisioner import Provisioner
+    from rolekeeper.domain.records import object_key
     from tests.faults import plain
 
     iam, kms = plain("iam"), plain("kms")
@@ -705,7 +708,7 @@ def broken_invariants(world: World, *, deleted: Sequence[str] = ()) -> list[str]
         if key not in objects:
             broken.append(f"(ii) orphan claim: {len(held)} claim item(s) on {key} without its object item")
     for (stack, logical_id), resource in sorted(world.held.items()):
-        key = Provisioner.object_of(resource.physical_id) or resource.physical_id
+        key = object_key(resource.physical_id) or resource.physical_id
         sk = f"CLAIM#{world.stack_id(stack)}#{logical_id}"
         if not any(c["sk"]["S"] == sk for c in claims.get(key, [])):
             broken.append(

@@ -208,7 +208,7 @@ def cold_start(table: Table) -> None:
             "custom_resource": "import rolekeeper.handlers.custom_resource",
             "healer": "import rolekeeper.handlers.healer",
             "custom_resource+iam": "import rolekeeper.handlers.custom_resource; "
-            "from rolekeeper import aws; aws.client('iam')",
+            "from rolekeeper.aws import clients; clients.client('iam')",
         }
         # As in Lambda (Tracer enables itself only there); PYTHONPATH=src as the artifact's CodeUri.
         env = subprocess_env(
@@ -333,10 +333,12 @@ def mocked_aws(calls: Calls) -> Iterator[Any]:
     import pytest
     from moto import mock_aws
 
-    from rolekeeper import aws, healing, iam
+    from rolekeeper.aws import clients as aws
+    from rolekeeper.aws import iam
+    from rolekeeper.aws.registry import TABLE_SCHEMA
     from rolekeeper.config import settings
     from rolekeeper.handlers import custom_resource, healer
-    from rolekeeper.registry import TABLE_SCHEMA
+    from rolekeeper.healing import service as healing
     from tests import fidelity
 
     fidelity.use_only_the_managed_policies_rolekeeper_needs()  # moto's IAM setup in ms, not seconds
@@ -525,7 +527,8 @@ def measure_heals(measure: Callable[[str, Callable[[], Any]], Any], key_arn: str
     )
     result = measure("Heal: retired grant", lambda: heal(retire))
     assert result["outcome"] == "healed", result
-    from rolekeeper.registry import Registry, grant_key
+    from rolekeeper.aws.registry import Registry
+    from rolekeeper.domain.records import grant_key
 
     reissued = Registry(os.environ["REGISTRY_TABLE_NAME"]).get(grant_key(grant["PhysicalResourceId"]))
     assert reissued is not None
@@ -667,7 +670,7 @@ def heal_burst(table: Table, calls: Calls) -> None:
 
 def reconcile(table: Table, calls: Calls) -> None:
     from rolekeeper.handlers.custom_resource import provisioner
-    from rolekeeper.provisioner import Request
+    from rolekeeper.provisioning.requests import Request
 
     scheduled = json.loads((EVENTS / "heal-scheduled.json").read_text())
     rows: list[tuple[int, int, int, int, float, dict[str, Any]]] = []

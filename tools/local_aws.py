@@ -122,9 +122,9 @@ def embedded_aws(asynchronous_slr_deletion: bool = False, **environment: str) ->
     try:
         import boto3
 
-        from rolekeeper import aws
+        from rolekeeper.aws import clients as aws
+        from rolekeeper.aws.registry import TABLE_SCHEMA
         from rolekeeper.config import settings
-        from rolekeeper.registry import TABLE_SCHEMA
 
         aws.client.cache_clear()
         settings.cache_clear()

@@ -130,7 +130,7 @@ def template_policies(path: Path) -> dict[str, Any]:
 
 
 def blueprint_policies() -> dict[str, Any]:
-    from rolekeeper.catalog import BLUEPRINTS, Scope
+    from rolekeeper.domain.catalog import BLUEPRINTS, Scope
 
     scope = Scope("aws", "us-east-1", "123456789012")
     found = {}

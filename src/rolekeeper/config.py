@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from rolekeeper.catalog import FIXED_ROLE_NAMES
+from rolekeeper.domain.catalog import FIXED_ROLE_NAMES
 
 # Names Custom::ServiceRole may create or adopt when ALLOWED_ROLE_NAMES is unset: the blueprints'
 # defaults and the name AWS Batch's documentation uses for the Spot Fleet role.

@@ -80,7 +80,7 @@ class ServerCalls:
 
 
 def _clear_caches() -> None:
-    from rolekeeper import aws
+    from rolekeeper.aws import clients as aws
     from rolekeeper.config import settings
     from rolekeeper.handlers import custom_resource, healer
 
@@ -139,7 +139,7 @@ class LocalAws:
         return boto3.client("kms")
 
     def registry(self) -> Any:
-        from rolekeeper.registry import Registry
+        from rolekeeper.aws.registry import Registry
 
         return Registry(os.environ["REGISTRY_TABLE_NAME"])
 
@@ -243,7 +243,7 @@ def claims(local: LocalAws, key: str) -> int:
 
 
 def test_lifecycle_over_http(local_aws: LocalAws) -> None:  # noqa: PLR0915 - one story, top to bottom
-    from rolekeeper.registry import role_key
+    from rolekeeper.domain.records import role_key
 
     iam, kms = local_aws.iam(), local_aws.kms()
 
@@ -506,7 +506,7 @@ def workers() -> Iterator[Callable[[], Workers]]:
 def test_twenty_stacks_at_once_share_one_service_linked_role(
     local_aws: LocalAws, workers: Callable[[], Workers]
 ) -> None:
-    from rolekeeper.registry import role_key
+    from rolekeeper.domain.records import role_key
 
     pool = workers()
     stacks = [f"concurrent-{i:02d}" for i in range(CONCURRENCY)]

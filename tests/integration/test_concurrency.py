@@ -15,10 +15,12 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
-from rolekeeper import provisioner as provisioner_module
+from rolekeeper.aws.registry import Registry
 from rolekeeper.config import settings
-from rolekeeper.provisioner import Provisioner, Request
-from rolekeeper.registry import Registry, role_key
+from rolekeeper.domain.records import role_key
+from rolekeeper.provisioning import service as provisioner_module
+from rolekeeper.provisioning.requests import Request
+from rolekeeper.provisioning.service import Provisioner
 from tests.conftest import LambdaContext, Stack
 from tests.faults import NOWHERE, _Body
 from tests.integration.test_faults import ECS, SPOT_FLEET, Env, env, ok
@@ -39,7 +41,7 @@ class At:
     calls: int = 0
 
     def install(self) -> At:
-        from rolekeeper import aws
+        from rolekeeper.aws import clients as aws
 
         aws.dynamodb().meta.events.register(f"before-send.dynamodb.{self.operation}", self._hook)
         return self
@@ -95,7 +97,7 @@ def direct(stack: Stack, event_file: str, props: dict[str, Any] | None = None) -
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    from rolekeeper import registry as registry_module
+    from rolekeeper.aws import registry as registry_module
 
     slept: list[float] = []
     monkeypatch.setattr(provisioner_module, "sleep", slept.append)

@@ -101,8 +101,8 @@ class Env:
 def env(stack: Stack, sent: Sent, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     """conftest's aws/stack/sent (moto cheap enough for ~350 tests: tests/faults.py fast_aws), the
     healer as EventBridge calls it (no sleeps, no SNS), and faults hooked into rolekeeper's clients."""
-    from rolekeeper import healing
     from rolekeeper.handlers import healer
+    from rolekeeper.healing import service as healing
 
     def heal(payload: Any) -> dict[str, Any]:
         context = LambdaContext(function_name="rolekeeper-HealerFunction", invoked_function_arn=HEALER_ARN)

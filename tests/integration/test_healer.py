@@ -11,7 +11,8 @@ from typing import Any
 import boto3
 import pytest
 
-from rolekeeper.registry import Registry, role_key
+from rolekeeper.aws.registry import Registry
+from rolekeeper.domain.records import role_key
 from tests.conftest import EVENTS, OPT_IN, LambdaContext, healer_event
 
 ECS = "ecsInstanceRole"
@@ -25,8 +26,8 @@ event = healer_event
 @pytest.fixture
 def heal(aws, monkeypatch):
     """Deliver an event to the healer as EventBridge would."""
-    from rolekeeper import healing
     from rolekeeper.handlers import healer
+    from rolekeeper.healing import service as healing
 
     healer.healer.cache_clear()
     monkeypatch.setattr(healing, "sleep", lambda _s: None)
@@ -161,7 +162,7 @@ def spot_fleet_with_grant(aws, stack):
 def test_healer_waits_for_slr_deletion_then_recreates_and_reissues_grant(
     spot_fleet_with_grant, heal, deletion_tasks, monkeypatch, stack
 ):
-    from rolekeeper import healing
+    from rolekeeper.healing import service as healing
 
     slr, key_arn, grant = spot_fleet_with_grant
     deletion_tasks.asynchronous = True
@@ -196,7 +197,7 @@ def test_healer_leaves_slr_whose_deletion_failed_in_use(spot_fleet_with_grant, h
 
 
 def test_healer_retries_later_when_deletion_is_still_in_progress(spot_fleet_with_grant, heal, deletion_tasks):
-    from rolekeeper.healing import RetryLater
+    from rolekeeper.healing.service import RetryLater
 
     deletion_tasks.asynchronous = True
     task_id = iam().delete_service_linked_role(RoleName=SPOT_FLEET)["DeletionTaskId"]
@@ -222,7 +223,7 @@ def test_healer_reissues_retired_grant(spot_fleet_with_grant, heal):
 
 
 def test_healer_burst_of_50_events_recreates_once(stack, heal, monkeypatch):
-    from rolekeeper import iam as iam_ops
+    from rolekeeper.aws import iam as iam_ops
 
     stack.send("role-ecs-instance-create.json")
     delete_ecs_role_by_hand()
@@ -255,7 +256,7 @@ def _atomic_moto(monkeypatch) -> None:
 
 
 def test_healer_concurrent_invocations_heal_once_without_errors(stack, heal, monkeypatch):
-    from rolekeeper import iam as iam_ops
+    from rolekeeper.aws import iam as iam_ops
 
     _atomic_moto(monkeypatch)
 
@@ -340,7 +341,7 @@ def test_healer_drops_foreign_and_malformed_events_without_raising(stack, heal, 
 
 
 def test_scheduled_reconcile_repairs_what_events_missed(stack, heal, monkeypatch):
-    from rolekeeper import aws as aws_clients
+    from rolekeeper.aws import clients as aws_clients
 
     stack.send("role-ecs-instance-create.json")
     stack.send("role-batch-service-create.json")
@@ -404,7 +405,7 @@ def _slr_deleted_event_without_task_id(event_time: str) -> dict[str, Any]:
 def test_healer_waits_for_slr_to_disappear_without_task_id_then_recreates(
     spot_fleet_with_grant, heal, deletion_tasks, monkeypatch
 ):
-    from rolekeeper import healing
+    from rolekeeper.healing import service as healing
 
     slr, key_arn, grant = spot_fleet_with_grant
     deletion_tasks.asynchronous = True
@@ -431,8 +432,8 @@ def test_healer_waits_for_slr_to_disappear_without_task_id_then_recreates(
 def test_healer_retries_later_when_slr_stays_without_task_id(
     spot_fleet_with_grant, heal, deletion_tasks, monkeypatch
 ):
-    from rolekeeper import healing
-    from rolekeeper.healing import DELETION_POLL_DELAYS, RetryLater
+    from rolekeeper.healing import service as healing
+    from rolekeeper.healing.service import DELETION_POLL_DELAYS, RetryLater
 
     slr, _key, _grant = spot_fleet_with_grant
     deletion_tasks.asynchronous = True
@@ -453,7 +454,7 @@ def test_healer_retries_later_when_slr_stays_without_task_id(
 def test_healer_redelivered_slr_delete_without_task_id_after_the_heal_does_not_wait(
     spot_fleet_with_grant, heal, monkeypatch
 ):
-    from rolekeeper import healing
+    from rolekeeper.healing import service as healing
 
     iam().delete_service_linked_role(RoleName=SPOT_FLEET)  # finishes at once
     payload = _slr_deleted_event_without_task_id("2026-01-01T00:00:00Z")
@@ -640,7 +641,7 @@ def test_a_delete_between_the_lease_and_the_final_write_is_not_written_over(stac
 def test_scheduled_reconcile_does_not_recreate_what_a_delete_released_after_its_scan(
     stack, heal, monkeypatch
 ):
-    from rolekeeper import iam as iam_ops
+    from rolekeeper.aws import iam as iam_ops
 
     created = stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
     real_details = iam_ops.role_details

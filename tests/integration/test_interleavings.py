@@ -300,7 +300,7 @@ def test_the_scheduler_runs_one_thread_at_a_time_and_switches_at_aws_calls(
 ) -> None:
     """The explorer itself: two threads each making two registry reads; every schedule with up to
     2 preemptions is run once, and the steps run one at a time in the schedule's order."""
-    from rolekeeper import aws
+    from rolekeeper.aws import clients as aws
 
     def reads(thread: int, log: list[int]) -> None:
         log.append(thread)  # each step logs once, as it starts: before the first call, after each

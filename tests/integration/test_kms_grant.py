@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from rolekeeper.catalog import DEFAULT_GRANT_OPERATIONS
+from rolekeeper.domain.catalog import DEFAULT_GRANT_OPERATIONS
 from tests.conftest import OPT_IN
 
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
@@ -110,7 +110,7 @@ def test_grant_needs_the_spot_fleet_role(key_arn, stack):
 
 
 def test_grant_refuses_aws_managed_key(aws, spot_fleet_role, stack, monkeypatch):
-    from rolekeeper import kms
+    from rolekeeper.aws import kms
 
     real = kms.describe_key
     monkeypatch.setattr(kms, "describe_key", lambda k: {**real(k), "KeyManager": "AWS"})
@@ -209,8 +209,8 @@ def test_a_grant_delete_whose_forget_applied_but_answer_was_lost_leaves_no_skele
 ):
     from botocore.exceptions import ClientError
 
+    from rolekeeper.aws.registry import Registry
     from rolekeeper.handlers.healer import lambda_handler
-    from rolekeeper.registry import Registry
     from tests.conftest import load_event
 
     created = stack.send("grant-create.json", props={"KeyId": key_arn})

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from rolekeeper.events import ALL as ALL_ASPECTS
-from rolekeeper.events import ROLE_EVENTS
+from rolekeeper.domain.events import ALL as ALL_ASPECTS
+from rolekeeper.domain.events import ROLE_EVENTS
 from tests import cloudformation, fidelity
 from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack, healer_event
 from tests.faults import fast_aws, plain
@@ -59,8 +59,8 @@ class Claim:
 class Lifecycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        from rolekeeper import healing
         from rolekeeper.handlers import custom_resource, healer
+        from rolekeeper.healing import service as healing
 
         self.monkeypatch = pytest.MonkeyPatch()
         self.monkeypatch.setenv("HEAL_RATE_LIMIT", "100000")  # this is not what is under test here

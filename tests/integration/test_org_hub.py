@@ -130,7 +130,7 @@ def test_an_unreachable_bus_never_fails_a_heal(
 
 
 def test_publish_batches_and_reports_what_was_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rolekeeper import org_events
+    from rolekeeper.aws import org_events
 
     calls: list[int] = []
 
@@ -154,7 +154,7 @@ def test_publish_batches_and_reports_what_was_taken(monkeypatch: pytest.MonkeyPa
 def test_a_failed_heal_is_sent_before_lambda_retries(
     aws: None, context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rolekeeper import org_events
+    from rolekeeper.aws import org_events
     from rolekeeper.handlers import healer
 
     sent: list[dict[str, Any]] = []

@@ -10,7 +10,8 @@ from typing import Any
 import boto3
 import pytest
 
-from rolekeeper.registry import Registry, role_key
+from rolekeeper.aws.registry import Registry
+from rolekeeper.domain.records import role_key
 from tests.conftest import ACCOUNT, LambdaContext, load_event
 from tests.integration.test_service_role import (
     ADMINISTRATOR,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from rolekeeper.registry import role_key
+from rolekeeper.domain.records import role_key
 from tests.conftest import load_event
 from tests.integration.test_service_role import get_role, registry
 
@@ -64,7 +64,7 @@ def test_a_request_whose_first_attempt_died_before_answering_is_answered(aws, st
 
 
 def test_a_registry_that_cannot_be_read_does_not_cost_the_request_its_response(aws, stack, monkeypatch):
-    from rolekeeper.registry import Registry
+    from rolekeeper.aws.registry import Registry
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("registry unavailable")

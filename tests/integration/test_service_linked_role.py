@@ -5,7 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from rolekeeper.registry import Registry, role_key
+from rolekeeper.aws.registry import Registry
+from rolekeeper.domain.records import role_key
 
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
 
@@ -45,7 +46,7 @@ def test_existing_role_is_adopted_not_failed(aws, stack):
 
 def test_create_refused_as_iam_does_when_role_appears_concurrently(aws, stack, monkeypatch):
     # Given: GetRole misses the role, then CreateServiceLinkedRole finds it taken (InvalidInput)
-    from rolekeeper import iam
+    from rolekeeper.aws import iam
 
     boto3.client("iam").create_service_linked_role(AWSServiceName="spotfleet.amazonaws.com")
     real_get = iam.get_role
@@ -65,7 +66,7 @@ def test_raw_moto_entity_already_exists_is_also_adopted(raw_moto, stack, monkeyp
     # moto answers an existing role with EntityAlreadyExists rather than InvalidInput; both adopt.
     from botocore.exceptions import ClientError
 
-    from rolekeeper import iam
+    from rolekeeper.aws import iam
 
     error = ClientError(
         {"Error": {"Code": "EntityAlreadyExists", "Message": "Role exists"}}, "CreateServiceLinkedRole"

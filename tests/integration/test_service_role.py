@@ -15,10 +15,12 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from rolekeeper.catalog import Scope
-from rolekeeper.errors import InvalidRequest
-from rolekeeper.models import ServiceRoleProperties, parse
-from rolekeeper.registry import Registry, role_key
+from rolekeeper.aws.registry import Registry
+from rolekeeper.domain.catalog import Scope
+from rolekeeper.domain.errors import InvalidRequest
+from rolekeeper.domain.properties import ServiceRoleProperties, parse
+from rolekeeper.domain.records import role_key
+from rolekeeper.domain.validation import role_spec
 
 ACCOUNT = "123456789012"
 AWS_POLICY = "arn:aws:iam::aws:policy/"
@@ -276,7 +278,7 @@ def test_create_with_boundary_and_tags_sets_them(aws, stack):
 
 
 def test_create_twice_changes_nothing_the_second_time(aws, stack, monkeypatch):
-    from rolekeeper import iam as rk_iam
+    from rolekeeper.aws import iam as rk_iam
 
     first = stack.send("role-ecs-instance-create.json")
     spot = stack.send("role-spot-fleet-tagging-create.json")
@@ -849,13 +851,10 @@ def test_refusal_policy_from_other_partition(aws, stack):
 # --- partition awareness -----------------------------------------------------------------------
 
 
-def provisioner_with(*allowed: str) -> Any:
+def settings_with(*allowed: str) -> Any:
     from rolekeeper.config import settings
-    from rolekeeper.provisioner import Provisioner
 
-    return Provisioner(
-        dataclasses.replace(settings(), allowed_managed_policy_arns=frozenset(allowed)), registry=None
-    )
+    return dataclasses.replace(settings(), allowed_managed_policy_arns=frozenset(allowed))
 
 
 def service_role_props(**properties: Any) -> ServiceRoleProperties:
@@ -867,14 +866,14 @@ def service_role_props(**properties: Any) -> ServiceRoleProperties:
 def test_partition_us_gov_role_spec_uses_us_gov_arns():
     scope = Scope.from_arn(GOV_STACK_ID)
     assert scope == Scope(partition="aws-us-gov", region="us-gov-west-1", account=ACCOUNT)
-    provisioner = provisioner_with()
-    ecs = provisioner.role_spec(service_role_props(Blueprint="ecs-instance"), scope)
+    config = settings_with()
+    ecs = role_spec(service_role_props(Blueprint="ecs-instance"), config, scope)
     assert ecs.policy_arns == (
         "arn:aws-us-gov:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role",
     )
-    batch = provisioner.role_spec(service_role_props(Blueprint="batch-service"), scope)
+    batch = role_spec(service_role_props(Blueprint="batch-service"), config, scope)
     assert batch.policy_arns == ("arn:aws-us-gov:iam::aws:policy/service-role/AWSBatchServiceRole",)
-    spot = provisioner.role_spec(service_role_props(Blueprint="spot-fleet-tagging"), scope)
+    spot = role_spec(service_role_props(Blueprint="spot-fleet-tagging"), config, scope)
     assert spot.policy_arns == ("arn:aws-us-gov:iam::aws:policy/service-role/AmazonEC2SpotFleetTaggingRole",)
     assert spot.trust_statement["Condition"] == {
         "StringEquals": {"aws:SourceAccount": ACCOUNT},
@@ -886,22 +885,24 @@ def test_partition_us_gov_role_spec_uses_us_gov_arns():
 def test_partition_us_gov_allows_only_us_gov_policy_arns():
     scope = Scope.from_arn(GOV_STACK_ID)
     gov_ssm = "arn:aws-us-gov:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    provisioner = provisioner_with(gov_ssm, SSM_CORE)
-    spec = provisioner.role_spec(
+    config = settings_with(gov_ssm, SSM_CORE)
+    spec = role_spec(
         service_role_props(Blueprint="ec2-application", RoleName="app-web", ManagedPolicyArns=[gov_ssm]),
+        config,
         scope,
     )
     assert spec.policy_arns == (gov_ssm,)
     with pytest.raises(InvalidRequest, match="partition"):
-        provisioner.role_spec(
+        role_spec(
             service_role_props(Blueprint="ec2-application", RoleName="app-web", ManagedPolicyArns=[SSM_CORE]),
+            config,
             scope,
         )
 
 
 def test_partition_us_gov_request_attaches_us_gov_policies(aws, stack, monkeypatch):
     # moto keeps IAM in the aws partition, so record the attach calls instead of making them.
-    from rolekeeper import iam as rk_iam
+    from rolekeeper.aws import iam as rk_iam
 
     attached_arns: list[str] = []
     monkeypatch.setattr(rk_iam, "attach", lambda _name, arn: attached_arns.append(arn))
@@ -921,7 +922,7 @@ def test_partition_us_gov_request_attaches_us_gov_policies(aws, stack, monkeypat
 
 
 def test_rollback_when_attach_fails_leaves_no_role_or_profile(aws, stack, monkeypatch):
-    from rolekeeper import iam as rk_iam
+    from rolekeeper.aws import iam as rk_iam
 
     def denied(_name: str, _arn: str) -> None:
         raise access_denied("AttachRolePolicy")
@@ -936,7 +937,7 @@ def test_rollback_when_attach_fails_leaves_no_role_or_profile(aws, stack, monkey
 
 
 def test_rollback_when_adding_role_to_profile_fails_leaves_no_role_or_profile(aws, stack, monkeypatch):
-    from rolekeeper import iam as rk_iam
+    from rolekeeper.aws import iam as rk_iam
 
     def denied(_profile: str, _role: str) -> None:
         raise access_denied("AddRoleToInstanceProfile")
@@ -968,7 +969,7 @@ def test_rollback_when_profile_name_held_by_another_role_leaves_that_profile_alo
 
 def test_rollback_keeps_instance_profile_this_request_did_not_make(aws, stack, monkeypatch):
     # Given: an empty instance profile named app-web made by someone else (left over, or by other tooling)
-    from rolekeeper import iam as rk_iam
+    from rolekeeper.aws import iam as rk_iam
 
     iam().create_instance_profile(InstanceProfileName="app-web")
 

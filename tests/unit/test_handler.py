@@ -32,7 +32,7 @@ def load(name: str, resource_type: str | None = None, **props: Any) -> dict[str,
 @pytest.fixture
 def no_aws(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every way to a client is closed and recorded: these requests must fail before AWS."""
-    from rolekeeper import aws
+    from rolekeeper.aws import clients as aws
 
     made: list[str] = []
 
@@ -116,8 +116,8 @@ def test_a_long_reason_is_cut_to_256_keeping_the_start(no_aws, sent, context):
 
 
 def test_a_failed_create_keeps_a_physical_id_rolekeeper_never_deletes(no_aws, sent, context):
+    from rolekeeper.domain.records import GRANT_PHYSICAL_ID, ROLE_ARN
     from rolekeeper.handlers.custom_resource import lambda_handler
-    from rolekeeper.provisioner import GRANT_PHYSICAL_ID, ROLE_ARN
 
     response = lambda_handler(load("slr-create.json", "Custom::Nope"), context)
     physical_id = response["PhysicalResourceId"]

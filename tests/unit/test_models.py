@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from rolekeeper.catalog import DEFAULT_GRANT_OPERATIONS
-from rolekeeper.errors import InvalidRequest
-from rolekeeper.models import (
+from rolekeeper.domain.catalog import DEFAULT_GRANT_OPERATIONS
+from rolekeeper.domain.errors import InvalidRequest
+from rolekeeper.domain.properties import (
     ServiceLinkedRoleProperties,
     ServiceRoleProperties,
     SpotFleetKmsGrantProperties,

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from rolekeeper.catalog import BLUEPRINTS, LINKED_SERVICES, Blueprint, LinkedService, Scope
-from rolekeeper.reconcile import GrantSpec, LinkedRoleSpec, RoleSpec, canonical, merged_trust, trusts
+from rolekeeper.domain.catalog import BLUEPRINTS, LINKED_SERVICES, Blueprint, LinkedService, Scope
+from rolekeeper.domain.specs import GrantSpec, LinkedRoleSpec, RoleSpec
+from rolekeeper.domain.trust import canonical, merged_trust, trusts
 
 EC2 = "ec2.amazonaws.com"
 ACCOUNT = "123456789012"
@@ -427,7 +428,7 @@ SSM = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 
 
 def _app(*, boundary: str | None = BOUNDARY, tags: dict[str, str] | None = None, created: bool = True):
-    from rolekeeper.registry import Claim, Record
+    from rolekeeper.domain.records import Claim, Record
 
     spec = RoleSpec(
         blueprint="ec2-application",
@@ -451,7 +452,7 @@ def _app(*, boundary: str | None = BOUNDARY, tags: dict[str, str] | None = None,
 
 
 def _actual(*, boundary: str | None = BOUNDARY, tags: dict[str, str] | None = None, attached=(SSM,)):
-    from rolekeeper.healing import Actual
+    from rolekeeper.domain.drift import Actual
 
     role = {
         "RoleName": "app-web",
@@ -465,7 +466,7 @@ def _actual(*, boundary: str | None = BOUNDARY, tags: dict[str, str] | None = No
 
 
 def test_drift_finds_nothing_on_a_role_as_wanted():
-    from rolekeeper.healing import drift
+    from rolekeeper.domain.drift import drift
 
     assert drift(_app(), _actual()) == []
 
@@ -481,25 +482,25 @@ def test_drift_finds_nothing_on_a_role_as_wanted():
     ],
 )
 def test_drift_reports_each_wanted_attribute_taken_away(actual, problem):
-    from rolekeeper.healing import drift
+    from rolekeeper.domain.drift import drift
 
     assert drift(_app(), _actual(**actual)) == [problem]
 
 
 def test_drift_ignores_a_boundary_when_no_claim_wants_one():
-    from rolekeeper.healing import drift
+    from rolekeeper.domain.drift import drift
 
     assert drift(_app(boundary=None), _actual(boundary="arn:aws:iam::123456789012:policy/other")) == []
 
 
 def test_drift_leaves_an_adopted_roles_boundary_and_tags_to_its_owner():
-    from rolekeeper.healing import drift
+    from rolekeeper.domain.drift import drift
 
     assert drift(_app(created=False), _actual(boundary=None, tags={})) == []
 
 
 def test_drift_checks_only_what_an_event_names():
-    from rolekeeper.healing import drift
+    from rolekeeper.domain.drift import drift
 
     damaged = _actual(boundary=None, tags={}, attached=())
     assert drift(_app(), damaged, frozenset({"boundary"})) == ["permissions boundary removed"]

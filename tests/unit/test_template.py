@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rolekeeper.events import IAM_EVENTS, KMS_EVENTS
-from rolekeeper.registry import TABLE_SCHEMA
+from rolekeeper.aws.registry import TABLE_SCHEMA
+from rolekeeper.domain.events import IAM_EVENTS, KMS_EVENTS
 from tools.policies import Loader, Resolver, template_policies
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,8 +88,8 @@ def test_the_us_east_1_forwarder_forwards_every_event_the_healer_handles():
 def test_every_attribute_a_claim_wants_has_an_event_reporting_its_removal():
     # Issue 9: each part of a role's desired state (reconcile.ASPECTS) is checked by the
     # schedule (healing.drift) and has at least one watched event that names it.
-    from rolekeeper.events import ALL, ROLE_EVENTS
-    from rolekeeper.reconcile import ASPECTS
+    from rolekeeper.domain.drift import ASPECTS
+    from rolekeeper.domain.events import ALL, ROLE_EVENTS
 
     assert ALL == ASPECTS
     partial = {name: aspects for name, aspects in ROLE_EVENTS.items() if aspects != ALL}

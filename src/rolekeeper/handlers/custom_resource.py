@@ -8,13 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from rolekeeper import aws, verify
+from rolekeeper.aws import clients as aws
+from rolekeeper.aws.registry import Registry
 from rolekeeper.cfn import CustomResource
 from rolekeeper.config import settings
-from rolekeeper.errors import RolekeeperError
+from rolekeeper.domain.errors import RolekeeperError
+from rolekeeper.domain.records import object_key
+from rolekeeper.domain.validation import validate
 from rolekeeper.observability import logger, metrics
-from rolekeeper.provisioner import Provisioner, Request
-from rolekeeper.registry import Registry
+from rolekeeper.provisioning import confirm as verify
+from rolekeeper.provisioning.requests import Request
+from rolekeeper.provisioning.service import Provisioner
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -48,7 +52,7 @@ def _run(action: str, event: dict[str, Any], context: Any) -> str:
     try:
         request = _request(event, context)
         if action != "delete":
-            provisioner().validate(request)  # bad input fails before any AWS call
+            validate(request.resource_type, request.properties, settings(), request.scope)  # no AWS call
         if not _first_delivery(event["RequestId"], context):
             logger.warning("request answered before (a redelivery); no second response")
             metrics.add_metric(name="RequestRedelivered", unit="Count", value=1)
@@ -61,7 +65,7 @@ def _run(action: str, event: dict[str, Any], context: Any) -> str:
                 request.stack_id,
                 request.logical_id,
                 request.physical_id,
-                provisioner().object_of,
+                object_key,
             )
         # Recorded as answered only once confirmed: a direct invoke naming some RequestId must
         # not make CloudFormation's own request with that id look like a redelivery.

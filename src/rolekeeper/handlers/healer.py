@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
-from rolekeeper.catalog import Scope
+from rolekeeper.aws.notify import notify
+from rolekeeper.aws.registry import Registry
 from rolekeeper.config import settings
-from rolekeeper.events import IAM_EVENTS, KMS_EVENTS, ROLE_EVENTS, CloudTrailEvent, ScheduledEvent
-from rolekeeper.healing import Healer, Result
-from rolekeeper.notify import notify
+from rolekeeper.domain.catalog import Scope
+from rolekeeper.domain.events import IAM_EVENTS, KMS_EVENTS, ROLE_EVENTS, CloudTrailEvent, ScheduledEvent
+from rolekeeper.healing.service import Healer, Result
 from rolekeeper.observability import logger, metrics
-from rolekeeper.registry import Registry
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -43,7 +43,7 @@ def _record(result: Result, kind: str) -> None:
 
 def _to_org(results: list[tuple[Result, str]], account: str, trigger: dict[str, str]) -> None:
     """Heals, suppressions and failures to the organization's bus (OrgEventBusArn), if set."""
-    from rolekeeper import org_events
+    from rolekeeper.aws import org_events
 
     if not org_events.bus_arn():
         return

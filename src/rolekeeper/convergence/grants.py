@@ -7,11 +7,30 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import kms
-from rolekeeper.reconcile import GrantSpec, converge_grant
-from rolekeeper.registry import Changed, Record, Registry
+from rolekeeper.aws import kms
+from rolekeeper.aws.registry import Registry
+from rolekeeper.convergence.outcomes import GrantOutcome
+from rolekeeper.domain.errors import Changed
+from rolekeeper.domain.records import Record
+from rolekeeper.domain.specs import GrantSpec
 
 logger = Logger(child=True)
+
+
+def converge_grant(spec: GrantSpec, grantee: dict[str, Any]) -> GrantOutcome:
+    """grantee is the role as IAM returns it (its RoleId is part of the grant's Name)."""
+    name = spec.name(grantee["RoleId"])
+    constraints = spec.constraints or None
+    grant_id, token = kms.create_grant(
+        spec.key_arn, grantee["Arn"], list(spec.operations), name, constraints, spec.retiring_principal
+    )
+    return GrantOutcome(
+        grant_id=grant_id,
+        grant_token=token,
+        grantee_arn=grantee["Arn"],
+        grantee_role_id=grantee["RoleId"],
+        name=name,
+    )
 
 
 def is_stale(grant: Record, role_id: str) -> bool:

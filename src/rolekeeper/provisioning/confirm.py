@@ -33,9 +33,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rolekeeper import aws
-from rolekeeper.catalog import Scope
-from rolekeeper.errors import RolekeeperError
+from rolekeeper.aws import clients as aws
+from rolekeeper.domain.catalog import Scope
+from rolekeeper.domain.errors import RolekeeperError
 
 STACK_ARN = re.compile(
     r"^arn:(aws[a-z-]*):cloudformation:([a-z0-9-]+):(\d{12}):stack/([A-Za-z][A-Za-z0-9-]{0,127})/[A-Za-z0-9-]+$"

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from rolekeeper.catalog import MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
-from rolekeeper.reconcile import RoleSpec, trusts
-from rolekeeper.registry import Record
+from rolekeeper.domain.catalog import MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
+from rolekeeper.domain.records import Record
+from rolekeeper.domain.specs import RoleSpec
+from rolekeeper.domain.trust import trusts
 
 PROFILE = "profile"
 

@@ -2,63 +2,44 @@
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
+from dataclasses import replace
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import iam, kms, ownership
-from rolekeeper.catalog import (
-    BLUEPRINTS,
-    KMS_OPT_IN_TAG_KEY,
-    KMS_OPT_IN_TAG_VALUE,
-    LINKED_SERVICES,
-    RESERVED_TAG_PREFIX,
-    SPOT_FLEET_ROLE_NAME,
-    Scope,
-    fixed_blueprint,
-)
+from rolekeeper.aws import iam, kms
+from rolekeeper.aws.registry import Registry
 from rolekeeper.config import Settings
-from rolekeeper.errors import InvalidRequest, RolekeeperError
-from rolekeeper.grants import reissue_stale_grants
-from rolekeeper.models import (
+from rolekeeper.convergence.grants import converge_grant, reissue_stale_grants
+from rolekeeper.convergence.linked_roles import converge_linked_role
+from rolekeeper.convergence.outcomes import RoleOutcome, role_attrs
+from rolekeeper.convergence.roles import converge_role, prune_role, undo_created_role
+from rolekeeper.domain import ownership
+from rolekeeper.domain.catalog import SPOT_FLEET_ROLE_NAME
+from rolekeeper.domain.errors import Changed, HealInProgress, InvalidRequest, ObjectGone, RolekeeperError
+from rolekeeper.domain.properties import (
     ServiceLinkedRoleProperties,
     ServiceRoleProperties,
     SpotFleetKmsGrantProperties,
     parse,
 )
-from rolekeeper.reconcile import (
-    GrantSpec,
-    LinkedRoleSpec,
-    RoleOutcome,
-    RoleSpec,
-    converge_grant,
-    converge_linked_role,
-    converge_role,
-    prune_role,
-    role_attrs,
-    undo_created_role,
-)
-from rolekeeper.registry import (
-    Changed,
+from rolekeeper.domain.records import (
+    GRANT_PHYSICAL_ID,
+    ROLE_ARN,
     Claim,
-    HealInProgress,
-    ObjectGone,
     Record,
-    Registry,
     grant_key,
+    object_key,
     role_key,
 )
+from rolekeeper.domain.specs import GrantSpec
+from rolekeeper.domain.validation import grant_spec, linked_role_spec, role_spec
+from rolekeeper.provisioning.requests import Request, Response
 
 logger = Logger(child=True)
 
-ROLE_ARN = re.compile(r"^arn:(aws[a-z-]*):iam::(\d{12}):role(/(?:[\x21-\x7E]*/)?)([A-Za-z0-9_+=,.@-]{1,64})$")
-GRANT_PHYSICAL_ID = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+#[A-Za-z0-9]{1,128}$")
 
 # A request that finds its object changed by another writer reads it again and converges again,
 # this many times at most.
@@ -71,45 +52,6 @@ HEAL_WAIT_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
 # is far shorter).
 DELETING_STALE_SECONDS = 900
 sleep: Callable[[float], None] = time.sleep
-
-
-@dataclass(frozen=True)
-class Request:
-    request_type: str
-    resource_type: str
-    stack_id: str
-    logical_id: str
-    properties: dict[str, Any]
-    old_properties: dict[str, Any] | None = None
-    physical_id: str | None = None
-    # Where the function runs (from its own ARN); the StackId was checked against it.
-    identity: Scope | None = None
-    # CloudFormation's RequestId: who takes an object for deletion. The same request (a
-    # redelivery, or an attempt whose answer was lost) is the same writer.
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    @property
-    def token(self) -> str:
-        return self.request_id
-
-    @property
-    def scope(self) -> Scope:
-        return self.identity or Scope.from_arn(self.stack_id)
-
-    @property
-    def claim_sk(self) -> str:
-        return Claim(self.stack_id, self.logical_id).sk
-
-
-@dataclass
-class Response:
-    physical_id: str
-    data: dict[str, str] = field(default_factory=dict)
-    # For abandon(): the registry key, this resource's claim as it was before the request, and
-    # whether the request itself created the object.
-    key: str | None = None
-    previous: Claim | None = None
-    made: bool = False
 
 
 def _flag(value: bool) -> str:
@@ -144,27 +86,8 @@ class Provisioner:
             return self._service_role(request, props)
         return self._grant(request, props)
 
-    def validate(self, request: Request) -> None:
-        """Every check that needs no AWS call: bad input fails before anything is asked of AWS."""
-        props = parse(request.resource_type, request.properties)
-        if isinstance(props, ServiceLinkedRoleProperties):
-            self.linked_role_spec(props)
-        elif isinstance(props, ServiceRoleProperties):
-            self.role_spec(props, request.scope)
-
-    def linked_role_spec(self, props: ServiceLinkedRoleProperties) -> LinkedRoleSpec:
-        allowed = self.settings.allowed_service_names
-        if props.aws_service_name not in allowed:
-            raise InvalidRequest(
-                f"AWSServiceName {props.aws_service_name} is not allowed by this stack; "
-                f"AllowedServiceNames: {', '.join(sorted(allowed)) or '(none)'}"
-            )
-        if props.custom_suffix and not LINKED_SERVICES[props.aws_service_name].accepts_suffix:
-            raise InvalidRequest(f"CustomSuffix is not accepted by {props.aws_service_name}; remove it")
-        return LinkedRoleSpec(props.aws_service_name, props.custom_suffix, props.description)
-
     def _linked_role(self, request: Request, props: ServiceLinkedRoleProperties) -> Response:
-        spec = self.linked_role_spec(props)
+        spec = linked_role_spec(props, self.settings)
         claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
         name = spec.role_name
         outcome, created, read, made = self._converge_object(
@@ -189,84 +112,8 @@ class Provisioner:
             made=made,
         )
 
-    def role_spec(self, props: ServiceRoleProperties, scope: Scope) -> RoleSpec:
-        blueprint = BLUEPRINTS[props.blueprint]
-        name = props.role_name or blueprint.default_role_name
-        if name is None:
-            raise InvalidRequest(f"RoleName is required for Blueprint {blueprint.name}")
-        bound = fixed_blueprint(name)
-        if bound is not None and bound != blueprint.name:
-            raise InvalidRequest(
-                f"RoleName {name} is the documented name for Blueprint {bound}, not {blueprint.name}"
-            )
-        if bound is None and props.path != "/":
-            # IAM's "*" also matches "/": rolekeeper's permissions for prefixed names stop at "/".
-            raise InvalidRequest(
-                f"Path must be / for RoleName {name}; only the documented role names may use another path"
-            )
-        self.check_tags(props)
-        if not self.role_name_allowed(name):
-            raise InvalidRequest(
-                f"RoleName {name} is not allowed by this stack; AllowedRoleNames: "
-                f"{', '.join(sorted(self.settings.allowed_role_names))}"
-            )
-        if props.managed_policy_arns and not blueprint.takes_managed_policy_arns:
-            raise InvalidRequest(
-                f"ManagedPolicyArns is only for Blueprint ec2-application, not {blueprint.name}"
-            )
-        allowed = self.settings.allowed_managed_policy_arns
-        for arn in props.managed_policy_arns:
-            if arn not in allowed:
-                raise InvalidRequest(
-                    f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns "
-                    f"({', '.join(sorted(allowed)) or 'empty'})"
-                )
-        for policy in (*props.managed_policy_arns, props.permissions_boundary):
-            if policy and policy.split(":")[1] != scope.partition:
-                raise InvalidRequest(f"{policy} is not in this partition ({scope.partition})")
-        if props.confused_deputy_protection is not None and not blueprint.confused_deputy:
-            raise InvalidRequest(
-                f"ConfusedDeputyProtection is only for Blueprint spot-fleet-tagging, not {blueprint.name}"
-            )
-        instance_profile = (
-            blueprint.instance_profile if props.instance_profile is None else props.instance_profile
-        )
-        if instance_profile and blueprint.principal != "ec2.amazonaws.com":
-            raise InvalidRequest(
-                f"InstanceProfile is only for roles EC2 assumes, not Blueprint {blueprint.name}"
-            )
-        protection = True if props.confused_deputy_protection is None else props.confused_deputy_protection
-        return RoleSpec(
-            blueprint=blueprint.name,
-            name=name,
-            path=props.path,
-            trust_statement=blueprint.trust_statement(scope, protection),
-            principals=tuple(sorted(blueprint.principals(scope.partition))),
-            policy_arns=(*blueprint.policy_arns(scope), *props.managed_policy_arns),
-            owned_policy_arns=props.managed_policy_arns,
-            boundary=props.permissions_boundary,
-            tags={t.key: t.value for t in props.tags},
-            instance_profile=instance_profile,
-        )
-
-    def check_tags(self, props: ServiceRoleProperties) -> None:
-        allowed = {k.lower() for k in self.settings.allowed_tag_keys}
-        for tag in props.tags:
-            if tag.key.lower().startswith(RESERVED_TAG_PREFIX):
-                raise InvalidRequest(f"Tags: key {tag.key} is reserved for rolekeeper's own marker")
-            if tag.key.lower() not in allowed:
-                raise InvalidRequest(
-                    f"Tags: key {tag.key} is not in AllowedTagKeys "
-                    f"({', '.join(sorted(self.settings.allowed_tag_keys)) or 'empty'})"
-                )
-
-    def role_name_allowed(self, name: str) -> bool:
-        # The same patterns scope the function's IAM permissions (template.yaml), where "*" is
-        # the only wildcard that role names can meet.
-        return any(fnmatchcase(name, pattern) for pattern in self.settings.allowed_role_names)
-
     def _service_role(self, request: Request, props: ServiceRoleProperties) -> Response:
-        spec = self.role_spec(props, request.scope)
+        spec = role_spec(props, self.settings, request.scope)
         key = role_key(spec.name)
         claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
 
@@ -432,44 +279,11 @@ class Provisioner:
     def grant_spec(
         self, request: Request, props: SpotFleetKmsGrantProperties
     ) -> tuple[GrantSpec, dict[str, Any]]:
-        scope = request.scope
         key = kms.describe_key(props.key_id)
-        if key.get("KeyManager") != "CUSTOMER":
-            raise InvalidRequest(
-                f"KeyId {props.key_id} is an AWS managed key; grants need a customer managed key"
-            )
-        if key.get("KeyState") in ("PendingDeletion", "PendingReplicaDeletion", "Unavailable"):
-            raise InvalidRequest(f"KeyId {props.key_id} is {key['KeyState']}")
-        if kms.key_tags(key["Arn"]).get(KMS_OPT_IN_TAG_KEY) != KMS_OPT_IN_TAG_VALUE:
-            raise InvalidRequest(
-                f"KeyId {props.key_id} has not opted in: tag the key {KMS_OPT_IN_TAG_KEY}={KMS_OPT_IN_TAG_VALUE} "
-                "(rolekeeper may grant on such keys only)"
-            )
+        tags = kms.key_tags(key["Arn"]) if key.get("KeyManager") == "CUSTOMER" else {}
         grantee = iam.get_role(SPOT_FLEET_ROLE_NAME)
-        if grantee is None:
-            raise InvalidRequest(
-                f"{SPOT_FLEET_ROLE_NAME} does not exist in this account; create it with "
-                "Custom::ServiceLinkedRole (spotfleet.amazonaws.com) and DependsOn"
-            )
-        if props.grantee_principal and props.grantee_principal not in (
-            grantee["Arn"],
-            scope.role_arn(SPOT_FLEET_ROLE_NAME),
-        ):
-            raise InvalidRequest(
-                f"GranteePrincipal must be this account's {SPOT_FLEET_ROLE_NAME} ({grantee['Arn']})"
-            )
-        constraints = (
-            props.constraints.model_dump(by_alias=True, exclude_none=True) if props.constraints else None
-        )
-        spec = GrantSpec(
-            key_arn=key["Arn"],
-            grantee_role_name=SPOT_FLEET_ROLE_NAME,
-            operations=props.operations,
-            constraints=constraints or None,
-            retiring_principal=props.retiring_principal,
-            stack_id=request.stack_id,
-            logical_id=request.logical_id,
-        )
+        spec = grant_spec(props, key, tags, grantee, request.scope, request.stack_id, request.logical_id)
+        assert grantee is not None  # grant_spec refuses a missing grantee
         return spec, grantee
 
     def _grant(self, request: Request, props: SpotFleetKmsGrantProperties) -> Response:
@@ -555,20 +369,10 @@ class Provisioner:
             logger.info("physical id not produced by rolekeeper; nothing to delete", physical_id=physical_id)
         return Response(physical_id)
 
-    @staticmethod
-    def object_of(physical_id: str | None) -> str | None:
-        """The registry key of the object a physical id names; an id rolekeeper never produces
-        stands for itself."""
-        if physical_id and (match := ROLE_ARN.fullmatch(physical_id)):
-            return role_key(match.group(4))
-        if physical_id and GRANT_PHYSICAL_ID.fullmatch(physical_id):
-            return grant_key(physical_id)
-        return physical_id
-
     def acts_on(self, request: Request) -> bool:
         """Whether the request may change anything (a Delete of an id rolekeeper never produced
         touches nothing, so it needs no confirmation)."""
-        return request.request_type != "Delete" or self.object_of(request.physical_id) != request.physical_id
+        return request.request_type != "Delete" or object_key(request.physical_id) != request.physical_id
 
     def _delete_role(self, request: Request, name: str, physical_id: str) -> None:
         key = role_key(name)

@@ -11,3 +11,15 @@ class InvalidRequest(RolekeeperError):
 
 class Conflict(RolekeeperError):
     """AWS holds an object that rolekeeper must not change (for example a role trusting someone else)."""
+
+
+class ObjectGone(Exception):
+    """The object a claim would hold is not (or no longer) registered."""
+
+
+class Changed(Exception):
+    """The object changed since it was read, or is being deleted: read it again and retry."""
+
+
+class HealInProgress(Exception):
+    """The healer holds the object's lease: a Delete waits for it rather than race the heal."""

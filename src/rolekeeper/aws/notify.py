@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import aws
+from rolekeeper.aws import clients as aws
 
 logger = Logger(child=True)
 

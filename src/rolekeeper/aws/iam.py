@@ -10,8 +10,8 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from rolekeeper import aws
-from rolekeeper.errors import Conflict, RolekeeperError
+from rolekeeper.aws import clients as aws
+from rolekeeper.domain.errors import Conflict, RolekeeperError
 
 logger = Logger(child=True)
 

@@ -11,13 +11,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from rolekeeper import aws
+from rolekeeper.aws import clients as aws
+from rolekeeper.domain.errors import Changed, HealInProgress, ObjectGone
+from rolekeeper.domain.records import CLAIM, DELETING, Claim, Record
 
 OBJECT = "OBJECT"
-CLAIM = "CLAIM#"
 REQUEST = "REQUEST"
 # A request marker outlives any redelivery: Lambda keeps retrying an async event for at most 6 hours.
 REQUEST_TTL_SECONDS = 7 * 24 * 3600
@@ -55,77 +56,9 @@ TABLE_SCHEMA: dict[str, Any] = {
 # the item. A service-linked role's item stays DELETING, with IAM's `deletion_task_id`, until the
 # asynchronous deletion is known to have finished. Every write that changes what the object is or
 # who claims it bumps `version`, and a writer that read version N writes only if it is still N.
-DELETING = "deleting"
 # Cancelled by a conflicting transaction (nothing was applied): tried again, a bounded number of times.
 TRANSACT_ATTEMPTS = 8
 sleep: Callable[[float], None] = time.sleep
-
-
-class ObjectGone(Exception):
-    """The object a claim would hold is not (or no longer) registered."""
-
-
-class Changed(Exception):
-    """The object changed since it was read, or is being deleted: read it again and retry."""
-
-
-class HealInProgress(Exception):
-    """The healer holds the object's lease: a Delete waits for it rather than race the heal."""
-
-
-def role_key(role_name: str) -> str:
-    # IAM role names are unique case-insensitively within an account.
-    return f"ROLE#{role_name.lower()}"
-
-
-def grant_key(physical_id: str) -> str:
-    return f"GRANT#{physical_id}"
-
-
-@dataclass(frozen=True)
-class Claim:
-    stack_id: str
-    logical_id: str
-    heal: bool = True
-    on_delete: str = "Retain"
-    # What this claim asked for (a spec's to_dict()); None for claims written before claims
-    # stored their wants. Compared by key only.
-    wants: dict[str, Any] | None = field(default=None, compare=False, hash=False)
-
-    @property
-    def sk(self) -> str:
-        return f"{CLAIM}{self.stack_id}#{self.logical_id}"
-
-
-@dataclass
-class Record:
-    key: str
-    kind: str
-    desired: dict[str, Any]
-    created: bool = False
-    attrs: dict[str, str] = field(default_factory=dict)
-    claims: list[Claim] = field(default_factory=list)
-    # Pieces rolekeeper added to the object (ownership.py); None when never recorded.
-    added: set[str] | None = None
-    version: int = 0
-    state: str = ""  # "" (present) or DELETING
-    deleting_by: str = ""
-    deletion_task_id: str = ""
-    deleting_since: int = 0
-    claim_count: int = 0
-    # When its last heal ended (0: never), as read: a heal that ends later changes it.
-    healed_at: float = 0.0
-
-    @property
-    def healable(self) -> bool:
-        return any(c.heal for c in self.claims)
-
-    @property
-    def deleting(self) -> bool:
-        return self.state == DELETING
-
-    def claim_of(self, sk: str) -> Claim | None:
-        return next((c for c in self.claims if c.sk == sk), None)
 
 
 def _s(value: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import aws
+from rolekeeper.aws import clients as aws
 
 logger = Logger(child=True)
 

@@ -11,25 +11,19 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from rolekeeper import iam, kms, ownership
+from rolekeeper.aws import iam, kms
+from rolekeeper.aws.notify import notify
+from rolekeeper.aws.registry import Registry
 from rolekeeper.config import Settings
-from rolekeeper.errors import RolekeeperError
-from rolekeeper.grants import is_stale, reissue_stale_grants
-from rolekeeper.notify import notify
-from rolekeeper.reconcile import (
-    ASPECTS,
-    UNREAD,
-    GrantSpec,
-    LinkedRoleSpec,
-    canonical,
-    converge_grant,
-    converge_linked_role,
-    converge_role,
-    merged_trust,
-    role_attrs,
-    trusts,
-)
-from rolekeeper.registry import Record, Registry, grant_key, role_key
+from rolekeeper.convergence.grants import converge_grant, is_stale, reissue_stale_grants
+from rolekeeper.convergence.linked_roles import converge_linked_role
+from rolekeeper.convergence.outcomes import UNREAD, role_attrs
+from rolekeeper.convergence.roles import converge_role
+from rolekeeper.domain import ownership
+from rolekeeper.domain.drift import ASPECTS, Actual, drift
+from rolekeeper.domain.errors import RolekeeperError
+from rolekeeper.domain.records import Record, grant_key, role_key
+from rolekeeper.domain.specs import GrantSpec, LinkedRoleSpec
 
 logger = Logger(child=True)
 
@@ -60,82 +54,16 @@ RELEASED = {
 }
 
 
-@dataclass
-class Actual:
-    """What IAM holds for a role, as GetRole (or GetAccountAuthorizationDetails) reports it.
-    attached and profiles are only meaningful for the aspects they were read for."""
-
-    role: dict[str, Any] | None
-    attached: set[str] = field(default_factory=set)
-    profiles: set[str] = field(default_factory=set)
-
-    @classmethod
-    def from_details(cls, detail: dict[str, Any]) -> Actual:
-        return cls(
-            role=detail,
-            attached={p["PolicyArn"] for p in detail.get("AttachedManagedPolicies", [])},
-            profiles={
-                p["InstanceProfileName"]
-                for p in detail.get("InstanceProfileList", [])
-                if any(r["RoleName"] == detail["RoleName"] for r in p.get("Roles", []))
-            },
-        )
-
-    @classmethod
-    def read(cls, name: str, *, with_pieces: bool, aspects: frozenset[str] = ASPECTS) -> Actual:
-        """GetRole (trust, boundary and tags come with it), and only the lists aspects need."""
-        role = iam.get_role(name)
-        if role is None or not with_pieces:
-            return cls(role=role)
-        return cls(
-            role=role,
-            attached=iam.attached_policies(name) if "policies" in aspects else set(),
-            profiles=set(iam.profiles_of(name)) if "profile" in aspects else set(),
-        )
-
-
-def drift(
-    record: Record, actual: Actual, aspects: frozenset[str] = ASPECTS, policy_arn: str | None = None
-) -> list[str]:
-    """What differs from the recorded desired state (additive only: never what others added),
-    among aspects (an event's; all by default), of policies only policy_arn if given."""
-    if actual.role is None:
-        return ["role missing"]
-    if record.kind == "slr":
-        # Recreated outside rolekeeper (or a re-issue of its grants failed part-way): the grants
-        # registered for the old unique id no longer apply to it.
-        known = record.attrs.get("role_id")
-        return ["role recreated with a new unique id"] if known and actual.role.get("RoleId") != known else []
-    if record.kind != "role":
-        return []
-    spec = ownership.desired_of(record)
-    problems = []
-    if "policies" in aspects:
-        wanted = [a for a in spec.policy_arns if policy_arn in (None, a)]
-        problems += [f"policy {arn} detached" for arn in wanted if arn not in actual.attached]
-    current = actual.role.get("AssumeRolePolicyDocument") or {}
-    ours = ownership.is_ours(record, actual.role)
-    if "trust" not in aspects:
-        pass
-    elif ours:
-        if canonical(merged_trust(current, spec.trust_statement, spec.principals)) != canonical(current):
-            problems.append("trust policy changed")
-    elif not trusts(current, spec.principals):
-        # An adopted role's trust statements and conditions are its owner's: only losing every
-        # statement that trusts the blueprint's service is damage.
-        problems.append("trust statement removed")
-    if "profile" in aspects and spec.instance_profile and spec.name not in actual.profiles:
-        problems.append("instance profile missing or role removed from it")
-    if ours:  # an adopted role's boundary and tags are its owner's
-        boundary = (actual.role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
-        if "boundary" in aspects and spec.boundary and boundary != spec.boundary:
-            problems.append(f"permissions boundary {'changed' if boundary else 'removed'}")
-        if "tags" in aspects:
-            tags = {t["Key"].lower(): t["Value"] for t in actual.role.get("Tags", [])}
-            for key, value in sorted(spec.tags.items()):
-                if tags.get(key.lower()) != value:
-                    problems.append(f"tag {key} {'changed' if key.lower() in tags else 'removed'}")
-    return problems
+def read_actual(name: str, *, with_pieces: bool, aspects: frozenset[str] = ASPECTS) -> Actual:
+    """GetRole (trust, boundary and tags come with it), and only the lists aspects need."""
+    role = iam.get_role(name)
+    if role is None or not with_pieces:
+        return Actual(role=role)
+    return Actual(
+        role=role,
+        attached=iam.attached_policies(name) if "policies" in aspects else set(),
+        profiles=set(iam.profiles_of(name)) if "profile" in aspects else set(),
+    )
 
 
 class Healer:
@@ -190,7 +118,7 @@ class Healer:
                 actual = self._await_disappearance(name, record, requested_at)
         with_pieces = record.kind == "role"
         if actual is None:
-            actual = Actual.read(name, with_pieces=with_pieces, aspects=aspects)
+            actual = read_actual(name, with_pieces=with_pieces, aspects=aspects)
         problems = drift(record, actual, aspects, policy_arn)
         healed_before = record.healed_at  # as read before IAM was
         if problems and scanned:
@@ -254,7 +182,7 @@ class Healer:
         reread: list[Actual] = []
 
         def still_needed() -> bool:
-            reread.append(Actual.read(name, with_pieces=with_pieces, aspects=aspects))
+            reread.append(read_actual(name, with_pieces=with_pieces, aspects=aspects))
             return bool(drift(record, reread[-1], aspects))
 
         acquired = self._acquire(record, name, summary, still_needed, healed_before)

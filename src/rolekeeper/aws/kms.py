@@ -6,8 +6,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from rolekeeper import aws
-from rolekeeper.errors import InvalidRequest
+from rolekeeper.aws import clients as aws
+from rolekeeper.domain.errors import InvalidRequest
 
 
 def describe_key(key_id: str) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from rolekeeper.catalog import BLUEPRINTS, DEFAULT_GRANT_OPERATIONS, GRANT_OPERATIONS, LINKED_SERVICES
-from rolekeeper.errors import InvalidRequest
+from rolekeeper.domain.catalog import BLUEPRINTS, DEFAULT_GRANT_OPERATIONS, GRANT_OPERATIONS, LINKED_SERVICES
+from rolekeeper.domain.errors import InvalidRequest
 
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{1,64}$")
 ROLE_PATH = re.compile(r"^/$|^/[\x21-\x7E]{1,510}/$")
