@@ -165,13 +165,15 @@ def translate(sam: dict[str, Any], ver: str) -> dict[str, Any]:
 # The release therefore names its zip's SHA-256, and the stack proves the function holds exactly
 # that code before anything can run it with those rights:
 #
-# - An AWS::Lambda::Version per function with CodeSha256: CloudFormation's PublishVersion "only
-#   publish[es] a version if the hash value matches" the SHA-256 of $LATEST's code (AWS::Lambda::Version,
-#   CodeSha256; Lambda answers InvalidParameterValueException "CodeSHA256 (...) is different from
-#   current CodeSHA256 in $LATEST"), so a different zip fails the stack and it rolls back. Lambda's
-#   CodeSha256 is the base64 of the zip's SHA-256 digest. The version's Description names the code
-#   location, so changing ArtifactBucketPrefix or ArtifactKey replaces the version: every change of
-#   the code is checked again (CodeSha256 and Description both require replacement).
+# - An AWS::Lambda::Version per function with CodeSha256. Lambda's PublishVersion: "Only publish a
+#   version if the hash value matches the value that's specified" (API reference, PublishVersion);
+#   the CloudFormation resource: it "must match the SHA-256 hash of the $LATEST version of the
+#   function" (docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-lambda-version.html).
+#   Otherwise Lambda answers InvalidParameterValueException "CodeSHA256 (...) is different from
+#   current CodeSHA256 in $LATEST", the stack fails and rolls back. CodeSha256 is the base64 of
+#   the zip's SHA-256 digest. The version's Description names the code location, so changing
+#   ArtifactBucketPrefix or ArtifactKey replaces the version and checks the new code again
+#   (CodeSha256 and Description both "require replacement"; Description takes 256 characters).
 # - Everything that lets the code act waits for that check (DependsOn the version): the functions'
 #   own IAM policies (the roles start with AWS's logging policy only), the EventBridge rules and
 #   their invoke permissions, the healer's EventInvokeConfig. A wrong zip is never invoked by the
