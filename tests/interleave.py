@@ -430,6 +430,9 @@ class World:
         self.journal: list[tuple[str, str, str, str, dict[str, Any]]] = []
         self.heals: list[Any] = []
         self.notes: dict[str, Any] = {}  # what a setup wants its operations to know (a key ARN, ...)
+        # Let the other invocations run while this one waits (the explorer's scheduler puts its own
+        # here; run alone, there is no one else to wait for).
+        self.wait: Callable[[], None] = lambda: None
         self._lock = threading.Lock()
         self._saved: tuple[Any, ...] | None = None
 
@@ -457,7 +460,7 @@ class World:
     def stack_id(stack: str) -> str:
         return f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/{stack}/0f1e2d3c-{abs(hash(stack)) % 10**8:08d}"
 
-    def send(
+    def event(
         self,
         stack: str,
         event_file: str,
@@ -468,12 +471,10 @@ class World:
         old_props: dict[str, Any] | None = None,
         logical_id: str | None = None,
     ) -> dict[str, Any]:
-        from rolekeeper.handlers.custom_resource import lambda_handler
-
+        """events/<event_file> as this stack's CloudFormation sends it (a fresh RequestId)."""
         event = load_event(event_file)
         event["StackId"] = self.stack_id(stack)
-        request_id = str(uuid.uuid4())
-        event["RequestId"] = request_id
+        event["RequestId"] = str(uuid.uuid4())
         if logical_id:
             event["LogicalResourceId"] = logical_id
         if request_type:
@@ -483,19 +484,64 @@ class World:
         event["ResourceProperties"].update(props or {})
         if old_props is not None:
             event["OldResourceProperties"] = {**event["ResourceProperties"], **old_props}
+        return event
+
+    def send(
+        self,
+        stack: str,
+        event_file: str,
+        *,
+        request_type: str | None = None,
+        physical_id: str | None = None,
+        props: dict[str, Any] | None = None,
+        old_props: dict[str, Any] | None = None,
+        logical_id: str | None = None,
+        context: LambdaContext | None = None,
+    ) -> dict[str, Any]:
+        event = self.event(
+            stack,
+            event_file,
+            request_type=request_type,
+            physical_id=physical_id,
+            props=props,
+            old_props=old_props,
+            logical_id=logical_id,
+        )
+        return self.deliver(stack, event_file, event, context=context)
+
+    def deliver(
+        self, stack: str, event_file: str, event: dict[str, Any], *, context: LambdaContext | None = None
+    ) -> dict[str, Any]:
+        """CloudFormation sends the request and takes the answer, also when the invocation never
+        returns (its environment ended after the deadline answer went out)."""
+        from rolekeeper.handlers.custom_resource import lambda_handler
+
         with self._lock:
-            self.requests.append(request_id)
+            self.requests.append(event["RequestId"])
         self.cfn.before(event)
-        lambda_handler(event, LambdaContext())
-        mine = [r for r in self.sent.responses if r.get("RequestId") == request_id]
-        response = mine[-1] if mine else {"Status": "NONE", "Reason": "no response", "PhysicalResourceId": ""}
-        if mine:
-            self.cfn.after(event, response)
-        with self._lock:
-            self.journal.append(
-                (stack, event_file, event["RequestType"], response["Status"], event["ResourceProperties"])
-            )
+        try:
+            lambda_handler(event, context or LambdaContext())
+        finally:
+            response = self.answer(event["RequestId"])
+            if response["Status"] != "NONE":
+                self.cfn.after(event, response)
+            with self._lock:
+                self.journal.append(
+                    (stack, event_file, event["RequestType"], response["Status"], event["ResourceProperties"])
+                )
         return response
+
+    def redeliver(self, event: dict[str, Any], context: LambdaContext | None = None) -> None:
+        """Lambda delivers the same event again (its asynchronous retry after a function error or
+        timeout, or a duplicate): CloudFormation sent nothing new and waits for nothing more."""
+        from rolekeeper.handlers.custom_resource import lambda_handler
+
+        lambda_handler(copy.deepcopy(event), context or LambdaContext())
+
+    def answer(self, request_id: str) -> dict[str, Any]:
+        """The response sent for a RequestId (the last, if several were)."""
+        mine = [r for r in self.sent.responses if r.get("RequestId") == request_id]
+        return mine[-1] if mine else {"Status": "NONE", "Reason": "no response", "PhysicalResourceId": ""}
 
     # CloudFormation's part around one resource of a stack
 
