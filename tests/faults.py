@@ -355,7 +355,8 @@ def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None, *, index_lag: A
     """conftest's `aws` fixture (moto, the fidelity layer, the registry table), cheap enough to run
     hundreds of times: one boto3 session for the whole run (moto resets boto3's default session on
     start, and each new one parses every service model again). Fake credentials, the region and
-    the few AWS managed policies moto loads come from conftest."""
+    the few AWS managed policies moto loads come from conftest. index_lag: a fidelity.IndexLag,
+    for a test that makes the table's global secondary indexes lag behind."""
     import boto3
     from moto import mock_aws
 
