@@ -892,10 +892,10 @@ def claims_without_their_holder(world: World, claims: dict[str, list[dict[str, A
     """(vi) no claim without its holder: every claim item names a resource CloudFormation holds,
     on the object that resource's physical id names (so none is left for a resource CloudFormation
     got FAILED for once its rollback Delete ran, nor for a replaced physical id after its cleanup)."""
-    from rolekeeper.provisioner import Provisioner
+    from rolekeeper.domain.records import object_key
 
     holders = {
-        (world.stack_id(stack), logical_id): Provisioner.object_of(held.physical_id) or held.physical_id
+        (world.stack_id(stack), logical_id): object_key(held.physical_id) or held.physical_id
         for (stack, logical_id), held in world.held.items()
     }
     broken = []

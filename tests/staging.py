@@ -97,7 +97,7 @@ class Stage:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Stage:
         """Hook every IAM, KMS and DynamoDB client rolekeeper.aws makes from now on."""
-        from rolekeeper import aws
+        from rolekeeper.aws import clients as aws
 
         make = aws.client.__wrapped__
 

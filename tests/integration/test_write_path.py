@@ -76,7 +76,7 @@ class Case:
 
     def recorded_grants(self) -> set[str]:
         """The grant ids rolekeeper status shows a record for."""
-        return {str(o["other"].get("grant_id")) for o in self.status() if o["kind"] == "grant"}
+        return {str(o["live_id"]) for o in self.status() if o["kind"] == "grant"}
 
     def claims_of(self, stack: str, logical_id: str) -> list[str]:
         """The objects on which this resource holds a claim."""
