@@ -351,11 +351,12 @@ def plain(service: str) -> Any:
 
 
 @contextmanager
-def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None) -> Iterator[None]:
+def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None, *, index_lag: Any = None) -> Iterator[None]:
     """conftest's `aws` fixture (moto, the fidelity layer, the registry table), cheap enough to run
     hundreds of times: one boto3 session for the whole run (moto resets boto3's default session on
     start, and each new one parses every service model again). Fake credentials, the region and
-    the few AWS managed policies moto loads come from conftest."""
+    the few AWS managed policies moto loads come from conftest. index_lag: a fidelity.IndexLag,
+    for a test that makes the table's global secondary indexes lag behind."""
     import boto3
     from moto import mock_aws
 
@@ -365,7 +366,9 @@ def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None) -> Iterator[Non
     from tests.conftest import reset_clients
 
     monkeypatch.setattr(iam, "sleep", lambda _s: None)
-    fidelity.install(monkeypatch, tasks if tasks is not None else fidelity.DeletionTasks())
+    fidelity.install(
+        monkeypatch, tasks if tasks is not None else fidelity.DeletionTasks(), index_lag=index_lag
+    )
     with mock_aws():
         boto3.DEFAULT_SESSION = _session()  # moto puts its own value back on stop
         reset_clients()

@@ -22,6 +22,15 @@ name in rolekeeper's catalog is caught, not copied):
   botocore fills the token in itself (idempotencyToken in the model) when the caller does not,
   and its retries resend the same body: a retried transaction whose answer was lost is not
   applied twice in AWS.
+- Global secondary indexes are eventually consistent: "All reads from GSIs and streams are
+  eventually consistent" and an eventually consistent read "may not reflect the results of a
+  recently completed write operation"
+  (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.ReadConsistency.html);
+  and there is no way round it: "Strongly consistent reads are not supported on global secondary
+  indexes. If you query a global secondary index with ConsistentRead set to true, you will
+  receive a ValidationException." (API_Query, ConsistentRead). moto already refuses
+  ConsistentRead on a GSI; it answers every index read from the table as it is now, so a lag
+  is modelled here (IndexLag, installed when a test passes one).
 """
 
 from __future__ import annotations
@@ -109,10 +118,67 @@ def _roles_by_name(self: Any) -> dict[str, Any]:
     return {role.name: role for role in self.roles.values()}
 
 
+@dataclass
+class IndexLag:
+    """Global secondary indexes that have not caught up. Between freeze(table) and thaw(table), a
+    Query or Scan on one of the table's GSIs answers from the table as it stood at freeze(): writes
+    made since (new items, changed or removed index keys) are not yet propagated to the index.
+    Reads of the table itself stay current (a ConsistentRead sees every completed write)."""
+
+    frozen: dict[str, Any] = field(default_factory=dict)  # table name -> the table as it stood
+    stale_reads: int = 0  # index reads answered from a frozen view
+
+    def freeze(self, table_name: str, account: str = "123456789012", region: str = "us-east-1") -> None:
+        import copy
+
+        from moto.backends import get_backend
+
+        backend = get_backend("dynamodb")[account][region]  # type: ignore[index]
+        self.frozen[table_name] = copy.deepcopy(backend.get_table(table_name))
+
+    def thaw(self, table_name: str | None = None) -> None:
+        if table_name is None:
+            self.frozen.clear()
+        else:
+            self.frozen.pop(table_name, None)
+
+    def view(self, table: Any, index_name: str | None) -> Any:
+        """The table an index read of `table` is answered from."""
+        stale = self.frozen.get(table.name)
+        if stale is None or not index_name or index_name not in {i.name for i in table.global_indexes}:
+            return table
+        self.stale_reads += 1
+        return stale
+
+
+def _install_index_lag(monkeypatch: pytest.MonkeyPatch, lag: IndexLag | None) -> None:
+    from moto.dynamodb.models.table import Table
+
+    if lag is None:  # indexes as moto keeps them: always up to date
+        return
+
+    original_query, original_scan = Table.query, Table.scan
+
+    def query(self: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = kwargs.get("index_name", args[7] if len(args) > 7 else None)
+        return original_query(lag.view(self, index_name), *args, **kwargs)
+
+    def scan(self: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = kwargs.get("index_name", args[4] if len(args) > 4 else None)
+        return original_scan(lag.view(self, index_name), *args, **kwargs)
+
+    monkeypatch.setattr(Table, "query", query)
+    monkeypatch.setattr(Table, "scan", scan)
+
+
 def install(
-    monkeypatch: pytest.MonkeyPatch, tasks: DeletionTasks, tokens: RequestTokens | None = None
+    monkeypatch: pytest.MonkeyPatch,
+    tasks: DeletionTasks,
+    tokens: RequestTokens | None = None,
+    index_lag: IndexLag | None = None,
 ) -> None:
     _install_request_tokens(monkeypatch, tokens if tokens is not None else RequestTokens())
+    _install_index_lag(monkeypatch, index_lag)
     original_create = iam_models.IAMBackend.create_service_linked_role
     monkeypatch.setattr(iam_models.IAMBackend, "roles_by_name", _roles_by_name, raising=False)
 

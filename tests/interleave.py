@@ -24,6 +24,10 @@ BaseException, which rolekeeper's `except Exception` does not swallow).
 
 Each Lambda invocation gets its own crhelper CustomResource (custom_resource.helper and .noted are
 per thread here): concurrent invocations run in separate execution environments in Lambda.
+
+The scheduler also keeps the schedule's History: every call made, whether it succeeded, and which
+registry keys held a claim after each registry write, so an invariant can say what happened after
+what (a role created after its last claim was released).
 """
 
 from __future__ import annotations
@@ -117,9 +121,72 @@ def _is_bookkeeping(params: Any) -> bool:
     return str(body.get("Key", {}).get("pk", {}).get("S", "")).startswith("REQUEST#")
 
 
+@dataclass
+class Happened:
+    """One AWS call a scheduled thread made, in the order the calls were made."""
+
+    thread: int
+    operation: str
+    role_name: str | None  # IAM calls: the role named
+    ok: bool | None = None  # None until its answer came back
+    claimed: frozenset[str] | None = None  # after a registry write: the keys holding a claim
+
+
+class History:
+    """The calls of one schedule, with the registry's claimed keys after every write: enough to
+    tell what was created after what was released."""
+
+    def __init__(self) -> None:
+        self.events: list[Happened] = []
+        self.start: frozenset[str] = frozenset()
+
+    def begin(self) -> None:
+        self.events = []
+        self.start = claimed_keys()
+
+    def before(self, thread: int, operation: str, params: Any) -> Happened:
+        body = params.get("body") if isinstance(params, dict) else None
+        name = body.get("RoleName") if isinstance(body, dict) else None
+        happened = Happened(thread, operation, str(name) if name else None)
+        self.events.append(happened)
+        return happened
+
+    def after(self, happened: Happened, ok: bool) -> None:
+        happened.ok = ok
+        if ok and happened.operation in REGISTRY_WRITES:
+            happened.claimed = claimed_keys()
+
+    def recreated_after_release(self, key: str, role_name: str) -> int:
+        """How many CreateRole of role_name succeeded after the last write that left key without a
+        claim (0 if no write released it during the schedule)."""
+        claimed, released = key in self.start, None
+        for position, happened in enumerate(self.events):
+            if happened.claimed is None:
+                continue
+            if claimed and key not in happened.claimed:
+                released = position
+            claimed = key in happened.claimed
+        if released is None:
+            return 0
+        return sum(
+            1
+            for h in self.events[released + 1 :]
+            if h.operation == "CreateRole" and h.ok and (h.role_name or "").lower() == role_name.lower()
+        )
+
+
+REGISTRY_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems"})
+
+
+def claimed_keys() -> frozenset[str]:
+    return frozenset(i["pk"]["S"] for i in registry_items() if i["sk"]["S"].startswith("CLAIM#"))
+
+
 class Scheduler:
     def __init__(self, step_timeout: float = 20.0) -> None:
         self.step_timeout = step_timeout
+        self.history = History()
+        self._happening: dict[int, list[Happened]] = {}
         self._cond = threading.Condition()
         self._threads: dict[int, int] = {}  # thread ident -> index in the current run
         self._turn: int | None = None
@@ -142,6 +209,8 @@ class Scheduler:
             service_id = made.meta.service_model.service_id.hyphenize()
             if service_id in HOOKED:
                 made.meta.events.register(f"before-call.{service_id}", self._before_call)
+                made.meta.events.register(f"after-call.{service_id}", self._after_call)
+                made.meta.events.register(f"after-call-error.{service_id}", self._after_call_error)
             return made
 
         client.interleave_make = make  # type: ignore[attr-defined]
@@ -161,13 +230,34 @@ class Scheduler:
         if index is not None:
             self._park(index, "sleep", yielding=True)
 
+    def wait(self) -> None:
+        """A scheduled thread waits for the others (not a preemption); elsewhere, nothing."""
+        self._sleep(0.0)
+
     def _before_call(self, event_name: str, params: Any = None, **_kwargs: Any) -> None:
         index = self._threads.get(threading.get_ident())
         if index is None:  # the test's own thread: setup and checks run unscheduled
             return
+        operation = event_name.rsplit(".", 1)[-1]
         if event_name.endswith((".dynamodb.UpdateItem", ".dynamodb.PutItem")) and _is_bookkeeping(params):
             return
-        self._park(index, event_name.rsplit(".", 1)[-1])
+        self._park(index, operation)
+        happened = self.history.before(index, operation, params)
+        self._happening.setdefault(threading.get_ident(), []).append(happened)
+
+    def _after_call(self, event_name: str = "", http_response: Any = None, **_kwargs: Any) -> None:
+        self._answered(event_name, getattr(http_response, "status_code", 200) < 300)
+
+    def _after_call_error(self, event_name: str = "", **_kwargs: Any) -> None:
+        self._answered(event_name, False)
+
+    def _answered(self, event_name: str, ok: bool) -> None:
+        pending = self._happening.get(threading.get_ident())
+        operation = event_name.rsplit(".", 1)[-1]
+        found = next((h for h in reversed(pending or []) if h.operation == operation), None)
+        if pending is not None and found is not None:
+            pending.remove(found)
+            self.history.after(found, ok)
 
     def _park(self, index: int, point: str, *, yielding: bool = False) -> None:
         with self._cond:
@@ -185,6 +275,8 @@ class Scheduler:
     def run(self, operations: Sequence[Callable[[], Any]], forced: Sequence[int] = ()) -> Run:  # noqa: PLR0915 - one handshake, top to bottom
         count = len(operations)
         run = Run(results=[None] * count, errors=[None] * count)
+        self.history.begin()
+        self._happening = {}
         with self._cond:
             self._turn = None
             self._points = ["start"] * count
@@ -281,6 +373,7 @@ class Exploration:
     failures: list[tuple[Run, list[str]]] = field(default_factory=list)
     truncated: bool = False  # the cap stopped it before every schedule within the bound ran
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the process's CPU time (all threads): wall time on a shared machine lies
 
 
 def explore(
@@ -294,7 +387,7 @@ def explore(
     builds a fresh world, runs the operations with the forced prefix of decisions and returns the
     run with the invariants it broke."""
     found = Exploration()
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     # Within one number of preemptions, a seeded shuffle: when the cap cuts a tier short, what ran
     # is spread over the whole operation rather than bunched at its start.
     order = random.Random(seed)
@@ -323,6 +416,7 @@ def explore(
                     heapq.heappush(work, (so_far + extra, order.random(), prefix))
             so_far += decision.preempts
     found.seconds = time.monotonic() - start
+    found.cpu_seconds = time.process_time() - cpu_start
     return found
 
 
@@ -430,6 +524,11 @@ class World:
         self.journal: list[tuple[str, str, str, str, dict[str, Any]]] = []
         self.heals: list[Any] = []
         self.notes: dict[str, Any] = {}  # what a setup wants its operations to know (a key ARN, ...)
+        # Let the other invocations run while this one waits (the explorer's scheduler puts its own
+        # here; run alone, there is no one else to wait for).
+        self.wait: Callable[[], None] = lambda: None
+        self.history: History | None = None  # the explorer's record of the schedule's AWS calls
+        self.deadline: Any = None  # tests/staging.Deadline, for a pair that controls the deadline
         self._lock = threading.Lock()
         self._saved: tuple[Any, ...] | None = None
 
@@ -457,7 +556,7 @@ class World:
     def stack_id(stack: str) -> str:
         return f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/{stack}/0f1e2d3c-{abs(hash(stack)) % 10**8:08d}"
 
-    def send(
+    def event(
         self,
         stack: str,
         event_file: str,
@@ -468,12 +567,10 @@ class World:
         old_props: dict[str, Any] | None = None,
         logical_id: str | None = None,
     ) -> dict[str, Any]:
-        from rolekeeper.handlers.custom_resource import lambda_handler
-
+        """events/<event_file> as this stack's CloudFormation sends it (a fresh RequestId)."""
         event = load_event(event_file)
         event["StackId"] = self.stack_id(stack)
-        request_id = str(uuid.uuid4())
-        event["RequestId"] = request_id
+        event["RequestId"] = str(uuid.uuid4())
         if logical_id:
             event["LogicalResourceId"] = logical_id
         if request_type:
@@ -483,30 +580,78 @@ class World:
         event["ResourceProperties"].update(props or {})
         if old_props is not None:
             event["OldResourceProperties"] = {**event["ResourceProperties"], **old_props}
+        return event
+
+    def send(
+        self,
+        stack: str,
+        event_file: str,
+        *,
+        request_type: str | None = None,
+        physical_id: str | None = None,
+        props: dict[str, Any] | None = None,
+        old_props: dict[str, Any] | None = None,
+        logical_id: str | None = None,
+        context: LambdaContext | None = None,
+    ) -> dict[str, Any]:
+        event = self.event(
+            stack,
+            event_file,
+            request_type=request_type,
+            physical_id=physical_id,
+            props=props,
+            old_props=old_props,
+            logical_id=logical_id,
+        )
+        return self.deliver(stack, event_file, event, context=context)
+
+    def deliver(
+        self, stack: str, event_file: str, event: dict[str, Any], *, context: LambdaContext | None = None
+    ) -> dict[str, Any]:
+        """CloudFormation sends the request and takes the answer, also when the invocation never
+        returns (its environment ended after the deadline answer went out)."""
+        from rolekeeper.handlers.custom_resource import lambda_handler
+
         with self._lock:
-            self.requests.append(request_id)
+            self.requests.append(event["RequestId"])
         self.cfn.before(event)
-        lambda_handler(event, LambdaContext())
-        mine = [r for r in self.sent.responses if r.get("RequestId") == request_id]
-        response = mine[-1] if mine else {"Status": "NONE", "Reason": "no response", "PhysicalResourceId": ""}
-        if mine:
-            self.cfn.after(event, response)
-        with self._lock:
-            self.journal.append(
-                (stack, event_file, event["RequestType"], response["Status"], event["ResourceProperties"])
-            )
+        try:
+            lambda_handler(event, context or LambdaContext())
+        finally:
+            response = self.answer(event["RequestId"])
+            if response["Status"] != "NONE":
+                self.cfn.after(event, response)
+            with self._lock:
+                self.journal.append(
+                    (stack, event_file, event["RequestType"], response["Status"], event["ResourceProperties"])
+                )
         return response
+
+    def redeliver(self, event: dict[str, Any], context: LambdaContext | None = None) -> None:
+        """Lambda delivers the same event again (its asynchronous retry after a function error or
+        timeout, or a duplicate): CloudFormation sent nothing new and waits for nothing more."""
+        from rolekeeper.handlers.custom_resource import lambda_handler
+
+        lambda_handler(copy.deepcopy(event), context or LambdaContext())
+
+    def answer(self, request_id: str) -> dict[str, Any]:
+        """The response sent for a RequestId (the last, if several were)."""
+        mine = [r for r in self.sent.responses if r.get("RequestId") == request_id]
+        return mine[-1] if mine else {"Status": "NONE", "Reason": "no response", "PhysicalResourceId": ""}
 
     # CloudFormation's part around one resource of a stack
 
-    def create(self, stack: str, event_file: str, props: dict[str, Any] | None = None) -> dict[str, Any]:
+    def create(
+        self, stack: str, event_file: str, props: dict[str, Any] | None = None, *, roll_back: bool = True
+    ) -> dict[str, Any]:
+        """roll_back=False: a FAILED Create's rollback Delete is left to the caller."""
         response = self.send(stack, event_file, props=props)
         logical_id = load_event(event_file)["LogicalResourceId"]
         if response["Status"] == "SUCCESS":
             self.held[(stack, logical_id)] = Held(
                 event_file, logical_id, response["PhysicalResourceId"], dict(props or {})
             )
-        else:  # the stack rolls back: a Delete of the physical id the failed Create answered
+        elif roll_back:  # the stack rolls back: a Delete of the physical id the failed Create answered
             self.send(
                 stack,
                 event_file,
@@ -647,7 +792,9 @@ def registry_items() -> list[dict[str, Any]]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def broken_invariants(world: World, *, deleted: Sequence[str] = ()) -> list[str]:  # noqa: PLR0915 - the invariants, in order
+def broken_invariants(  # noqa: PLR0915 - the invariants, in order
+    world: World, *, deleted: Sequence[str] = (), retained: Sequence[str] = (), history: History | None = None
+) -> list[str]:
     """What does not hold at the end (empty: all of it holds).
 
     (i) no claimed object missing: every object item with a claim item, and every resource
@@ -658,11 +805,12 @@ def broken_invariants(world: World, *, deleted: Sequence[str] = ()) -> list[str]
         kept) is its number of claim items.
     (iii) no unclaimed "created" object left live: no object item with created=true and no claim
         item, unless marked state="deleting". (An object whose last claim went with OnDelete:
-        Retain keeps its record by design: the pairs release none that way.)
+        Retain keeps its record by design: the keys in `retained`.)
     (iv) exactly one response per RequestId CloudFormation sent.
     (v) a stack's deliberate deletion is not undone: each role in `deleted` (whose last claim a
         Delete with OnDelete: Delete released, CloudFormation holding nothing of it at the end)
         does not exist, nor its instance profile.
+    (vi)-(ix): see the functions of those names below.
     """
     from rolekeeper.domain.records import object_key
     from tests.faults import plain
@@ -721,7 +869,7 @@ def broken_invariants(world: World, *, deleted: Sequence[str] = ()) -> list[str]
         if "claim_count" in obj and count != holders:
             broken.append(f"(ii) {key}: claim_count {count} but {holders} claim item(s)")
         deleting = obj.get("state", {}).get("S") == "deleting"
-        if obj.get("created", {}).get("BOOL") and not holders and not deleting:
+        if obj.get("created", {}).get("BOOL") and not holders and not deleting and key not in retained:
             broken.append(f"(iii) unclaimed created record left live: {key}")
     answers = Counter(r.get("RequestId") for r in world.sent.responses)
     for request_id in world.requests:
@@ -732,6 +880,104 @@ def broken_invariants(world: World, *, deleted: Sequence[str] = ()) -> list[str]
             broken.append(f"(v) deletion undone: {name} exists after its last Delete (OnDelete: Delete)")
         if _profile_roles(iam, name) is not None:
             broken.append(f"(v) deletion undone: instance profile {name} exists after its last Delete")
+    broken += claims_without_their_holder(world, claims)
+    broken += grants_no_record_names(world, objects)
+    broken += unwanted_policies(world)
+    if history is not None:
+        broken += recreated_after_release(history, claims)
+    return broken
+
+
+def claims_without_their_holder(world: World, claims: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """(vi) no claim without its holder: every claim item names a resource CloudFormation holds,
+    on the object that resource's physical id names (so none is left for a resource CloudFormation
+    got FAILED for once its rollback Delete ran, nor for a replaced physical id after its cleanup)."""
+    from rolekeeper.domain.records import object_key
+
+    holders = {
+        (world.stack_id(stack), logical_id): object_key(held.physical_id) or held.physical_id
+        for (stack, logical_id), held in world.held.items()
+    }
+    broken = []
+    for key, items in sorted(claims.items()):
+        for item in items:
+            stack_id, logical_id = item["sk"]["S"].removeprefix("CLAIM#").rsplit("#", 1)
+            holds = holders.get((stack_id, logical_id))
+            if holds != key:
+                stack = stack_id.split("/")[1] if stack_id.count("/") >= 2 else stack_id
+                where = (
+                    f"CloudFormation holds it as {holds}" if holds else "CloudFormation holds nothing of it"
+                )
+                broken.append(f"(vi) claim without its holder: {stack}/{logical_id} on {key}; {where}")
+    return broken
+
+
+def grants_no_record_names(world: World, objects: dict[str, dict[str, Any]]) -> list[str]:
+    """(vii) no live rolekeeper-made grant on a key (the pair's notes["key_arn"]) that no record
+    names: nothing would ever revoke it."""
+    from tests.faults import plain
+
+    key_arn = world.notes.get("key_arn")
+    if not key_arn:
+        return []
+    named = {o["grant_id"]["S"] for o in objects.values() if "grant_id" in o}
+    grants = plain("kms").list_grants(KeyId=key_arn)["Grants"]
+    return [
+        f"(vii) grant {g['GrantId'][:8]}… ({g['Name'][:40]}…) live on the key, no record names it"
+        for g in grants
+        if str(g.get("Name", "")).startswith("rolekeeper-") and g["GrantId"] not in named
+    ]
+
+
+def unwanted_policies(world: World) -> list[str]:
+    """(ix) nothing rolekeeper attached that no claim wants: a role the pairs name with
+    ManagedPolicyArns (rolekeeper creates those, nobody else touches them) carries no allowed
+    managed policy that no resource CloudFormation holds asks for."""
+    import os
+
+    from tests.faults import plain
+
+    allowed = set(filter(None, os.environ.get("ALLOWED_MANAGED_POLICY_ARNS", "").split(",")))
+    wanted: dict[str, set[str]] = {}
+    for entry in world.journal:
+        props = entry[4]
+        if "ManagedPolicyArns" in props and props.get("RoleName"):
+            wanted.setdefault(str(props["RoleName"]), set())
+    for held in world.held.values():
+        props = {**load_event(held.event_file)["ResourceProperties"], **held.props}
+        if props.get("RoleName") in wanted:
+            wanted[props["RoleName"]] |= set(props.get("ManagedPolicyArns", []))
+    iam, broken = plain("iam"), []
+    for name, policies in sorted(wanted.items()):
+        if _role(iam, name) is None:
+            continue
+        attached = {
+            p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+        }
+        for arn in sorted((attached & allowed) - policies):
+            broken.append(
+                f"(ix) {name} carries {arn.rsplit('/', 1)[-1]}, which no claim CloudFormation holds wants"
+            )
+    return broken
+
+
+def recreated_after_release(history: History, claims: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """(viii) nothing recreated after its last release: a role that a write of the schedule left
+    without any claim, and that is unclaimed at the end, was not created again after that write
+    (unless it was deleted again: then it is not there)."""
+    from tests.faults import plain
+
+    iam, broken = plain("iam"), []
+    names = {h.role_name for h in history.events if h.operation == "CreateRole" and h.ok and h.role_name}
+    for name in sorted(n for n in names if n):
+        key = f"ROLE#{name.lower()}"
+        if key in claims or _role(iam, name) is None:
+            continue
+        if count := history.recreated_after_release(key, name):
+            broken.append(
+                f"(viii) {name} created again ({count} CreateRole) after its last claim was released, "
+                "and left standing unclaimed"
+            )
     return broken
 
 

@@ -1,14 +1,17 @@
-"""`rolekeeper status`: what one account's registry holds, who claims it, and drift found now.
+"""`rolekeeper status`: what one account's registry holds, who claims it, heals, and drift now.
 
 Read-only: it scans the registry table and reads IAM and KMS (GetRole, ListAttachedRolePolicies,
-ListInstanceProfilesForRole, ListGrants); it never writes. The registry is read generically:
-attributes this version does not know (claims or objects written by a newer rolekeeper) are
-shown as they are, not dropped.
+ListInstanceProfilesForRole, ListGrants); it never writes. Objects and claims are read through
+`Registry.all()`; one more Scan supplies what that surface does not carry (heal counts, times,
+attributes a newer rolekeeper wrote), so `--json` keeps everything the table holds.
 
-    rolekeeper status [--table NAME | --stack NAME] [--json]
+    rolekeeper status [--table NAME | --stack NAME] [--json] [--no-drift]
 
 The table: --table, else $REGISTRY_TABLE_NAME, else the RegistryTableName output of the stack
 (--stack, default "rolekeeper"). Exit status 0: no drift; 1: drift found; 2: could not read.
+
+Every string printed as text is escaped (`printable`): registry strings come from stack authors
+(a Description, a tag) and from whoever can write the table, and must not draw on the screen.
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ import datetime
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Attributes every object or claim item has, shown in their own fields; anything else is "other".
+if TYPE_CHECKING:
+    from rolekeeper.domain.records import Claim, Record
+
+# Object-item attributes shown in their own fields (Record's, and the heal bookkeeping).
 OBJECT_FIELDS = {
     "pk",
     "sk",
@@ -36,8 +43,37 @@ OBJECT_FIELDS = {
     "heal_lease_by",
     "healed_at",
     "updated_at",
+    "added",
+    "pieces_tracked",
+    "state",
+    "deleting_by",
+    "deletion_task_id",
+    "deleting_since",
+    "version",
 }
-CLAIM_FIELDS = {"pk", "sk", "stack_id", "logical_id", "on_delete", "heal"}
+CLAIM_FIELDS = {"pk", "sk", "stack_id", "logical_id", "on_delete", "heal", "wants"}
+HEAL_WINDOW_SECONDS = 3600  # HealRateLimit counts heals per object in a sliding hour
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable(value: Any) -> str:
+    """value as text a terminal shows as it is, on one line: a backslash and every character
+    Python's str.isprintable() rejects (C0 and C1 controls with ESC and CSI, DEL, Unicode line
+    and paragraph separators, format characters such as a right-to-left override) are escaped
+    the way a Python string literal writes them."""
+    out = []
+    for ch in str(value):
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
 
 
 def _plain(value: Any) -> Any:
@@ -63,11 +99,15 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _when(epoch: Any) -> str | None:
+def _seconds(epoch: Any) -> float:
     try:
-        seconds = float(epoch)
+        return float(epoch)
     except (TypeError, ValueError):
-        return None
+        return 0.0
+
+
+def _when(epoch: Any) -> str | None:
+    seconds = _seconds(epoch)
     if not seconds:
         return None
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -79,13 +119,8 @@ def stack_name(stack_id: str) -> str:
     return parts[1] if len(parts) >= 3 and parts[0] == "stack" else stack_id
 
 
-def _name(key: str, item: dict[str, Any]) -> str:
-    if item.get("kind") == "grant" and item.get("key_arn") and item.get("grant_id"):
-        return f"{str(item['key_arn']).rsplit('/', 1)[-1]} grant {str(item['grant_id'])[:16]}..."
-    return str(item.get("name") or (key.split("#", 1)[1] if "#" in key else key))
-
-
 def read_items(table: str) -> list[dict[str, Any]]:
+    """Every item of the table as plain Python values (what Registry.all() does not carry)."""
     from boto3.dynamodb.types import TypeDeserializer
 
     from rolekeeper.aws import clients as aws
@@ -99,7 +134,7 @@ def read_items(table: str) -> list[dict[str, Any]]:
     return items
 
 
-def drift_now(record: Any) -> list[str]:
+def drift_now(record: Record) -> list[str]:
     """What differs from the recorded desired state now (the healer's own check, read-only)."""
     from rolekeeper.aws import kms
     from rolekeeper.domain.drift import drift
@@ -114,105 +149,231 @@ def drift_now(record: Any) -> list[str]:
     return drift(record, read_actual(name, with_pieces=record.kind == "role"))
 
 
-def status(table: str, *, check_drift: bool = True) -> list[dict[str, Any]]:
+def claim_in_words(claim: dict[str, Any]) -> str:
+    return (
+        f"stack {claim['stack']} / logical id {claim['logical_id']}, OnDelete {claim['on_delete']}, "
+        f"healing {'on' if claim['heal'] else 'off'}"
+    )
+
+
+def _claim_entry(claim: Claim, raw: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "stack": stack_name(claim.stack_id),
+        "stack_id": claim.stack_id,
+        "logical_id": claim.logical_id,
+        "on_delete": claim.on_delete,
+        "heal": claim.heal,
+        "wants": claim.wants,
+    }
+    entry["in_words"] = claim_in_words(entry)
+    entry.update({k: _maybe_json(v) for k, v in sorted(raw.items()) if k not in CLAIM_FIELDS})
+    return entry
+
+
+def _desired(record: Record) -> dict[str, Any]:
+    """What the claims want of the object (a role: the union of its claims' wants)."""
+    from rolekeeper.domain import ownership
+
+    if record.kind == "role" and record.wants():
+        return ownership.desired_of(record).to_dict()
+    return record.spec()
+
+
+def _grant_details(record: Record, raw: dict[str, Any]) -> dict[str, Any]:
+    """The live grant, and whether it replaced the one CloudFormation's physical id names (the
+    re-issue after its grantee role was recreated: a heal, or that role's next Create/Update)."""
+    physical_grant = record.key.rsplit("#", 1)[-1] if record.key.count("#") >= 2 else None
+    live = record.attrs.get("grant_id")
+    reissued = bool(physical_grant and live and physical_grant != live)
+    return {
+        "key_arn": record.attrs.get("key_arn") or record.spec().get("key_arn"),
+        "grantee": record.attrs.get("grantee_arn") or record.spec().get("grantee_role_name"),
+        "grantee_role_id": record.attrs.get("grantee_role_id"),
+        "physical_id_grant": physical_grant,
+        "reissued": reissued,
+        # The record's last write: for a grant, after its Create only a re-issue writes it.
+        "reissued_at": _when(raw.get("updated_at")) if reissued else None,
+    }
+
+
+def _entry(
+    record: Record, raw: dict[str, Any], raw_claims: dict[str, dict[str, Any]], now: float
+) -> dict[str, Any]:
+    name = record.attrs.get("name") or (record.key.split("#", 1)[1] if "#" in record.key else record.key)
+    window = _seconds(raw.get("heal_window"))
+    count = int(_seconds(raw.get("heal_count")))
+    entry: dict[str, Any] = {
+        "key": record.key,
+        "kind": record.kind,
+        "name": name,
+        "live_id": record.attrs.get("grant_id" if record.kind == "grant" else "role_id"),
+        "created_by_rolekeeper": record.created,
+        "origin": "created" if record.created else "adopted",
+        "state": record.state or "present",
+        "claims": [_claim_entry(c, raw_claims.get(c.sk, {})) for c in record.claims],
+        "claim_count": record.claim_count,
+        "heals_in_window": count,
+        "heals_this_hour": count if window and now - window < HEAL_WINDOW_SECONDS else 0,
+        "heal_window_started": _when(window),
+        "last_heal": _when(record.healed_at),
+        "heal_lease_until": _when(raw.get("heal_lease")),
+        "updated": _when(raw.get("updated_at")),
+        "desired": _desired(record),
+        "added": sorted(record.added) if record.added is not None else None,
+        "version": record.version,
+        "attrs": dict(sorted(record.attrs.items())),
+        "other": {
+            k: _maybe_json(v)
+            for k, v in sorted(raw.items())
+            if k not in OBJECT_FIELDS and k not in record.attrs
+        },
+        "drift": None,
+    }
+    if record.deleting:
+        entry["deleting"] = {
+            "by_request": record.deleting_by,
+            "since": _when(record.deleting_since),
+            "deletion_task_id": record.deletion_task_id or None,
+        }
+    if record.kind == "grant":
+        entry["grant"] = _grant_details(record, raw)
+        entry["name"] = f"on key {str(entry['grant']['key_arn'] or '?').rsplit('/', 1)[-1]}"
+    return entry
+
+
+def status(table: str, *, check_drift: bool = True, now: float | None = None) -> list[dict[str, Any]]:
+    """One entry per registered object (and per key holding claims without an object item)."""
     from rolekeeper.aws.registry import OBJECT, Registry
     from rolekeeper.domain.records import CLAIM
 
-    items = read_items(table)
-    records = {r.key: r for r in Registry(table).objects.all()} if check_drift else {}
-    objects: dict[str, dict[str, Any]] = {}
-    claims: dict[str, list[dict[str, Any]]] = {}
-    for item in items:
-        if item.get("sk") == OBJECT:
-            objects[item["pk"]] = item
-        elif str(item.get("sk", "")).startswith(CLAIM):
-            claims.setdefault(item["pk"], []).append(item)
+    now = time.time() if now is None else now
+    records = list(Registry(table).objects.all())
+    raw_objects: dict[str, dict[str, Any]] = {}
+    raw_claims: dict[str, dict[str, dict[str, Any]]] = {}
+    for item in read_items(table):
+        sk = str(item.get("sk", ""))
+        if sk == OBJECT:
+            raw_objects[str(item["pk"])] = item
+        elif sk.startswith(CLAIM):
+            raw_claims.setdefault(str(item["pk"]), {})[sk] = item
     out = []
-    for key in sorted(objects.keys() | claims.keys()):
-        item = objects.get(key, {})
-        desired = _maybe_json(item.get("desired", {}))
-        entry: dict[str, Any] = {
-            "key": key,
-            "kind": item.get("kind", "(no object item: claims only)"),
-            "name": _name(key, item),
-            "created_by_rolekeeper": bool(item.get("created", False)),
-            "desired": desired,
-            "claims": [
-                {
-                    "stack": stack_name(str(c.get("stack_id", ""))),
-                    "stack_id": c.get("stack_id"),
-                    "logical_id": c.get("logical_id"),
-                    "on_delete": c.get("on_delete", "Retain"),
-                    "heal": c.get("heal", True),
-                    **{k: _maybe_json(v) for k, v in sorted(c.items()) if k not in CLAIM_FIELDS},
-                }
-                for c in sorted(claims.get(key, []), key=lambda c: str(c.get("sk")))
-            ],
-            "claim_count": item.get("claim_count"),
-            "heals_in_window": item.get("heal_count", 0),
-            "heal_window_started": _when(item.get("heal_window")),
-            "last_heal": _when(item.get("healed_at")),
-            "updated": _when(item.get("updated_at")),
-            "other": {k: _maybe_json(v) for k, v in sorted(item.items()) if k not in OBJECT_FIELDS},
-        }
-        record = records.get(key)
-        if check_drift and record is not None:
+    for record in records:
+        entry = _entry(record, raw_objects.get(record.key, {}), raw_claims.get(record.key, {}), now)
+        if check_drift:
             try:
                 entry["drift"] = drift_now(record)
             except Exception as error:  # one unreadable object must not hide the others
                 entry["drift"] = [f"could not check: {type(error).__name__}: {error}"]
-        else:
-            entry["drift"] = None
         out.append(entry)
-    return out
+    known = {r.key for r in records}
+    for key in sorted(raw_claims.keys() - known):  # claims whose object item is gone
+        claims = []
+        for raw in raw_claims[key].values():
+            claim = {
+                "stack": stack_name(str(raw.get("stack_id", ""))),
+                "stack_id": raw.get("stack_id"),
+                "logical_id": raw.get("logical_id"),
+                "on_delete": raw.get("on_delete", "Retain"),
+                "heal": raw.get("heal", True),
+                **{k: _maybe_json(v) for k, v in sorted(raw.items()) if k not in CLAIM_FIELDS - {"wants"}},
+            }
+            claim["in_words"] = claim_in_words(claim)
+            claims.append(claim)
+        out.append(
+            {
+                "key": key,
+                "kind": "claims only",
+                "name": key.split("#", 1)[-1],
+                "live_id": None,
+                "origin": "-",
+                "claims": claims,
+                "drift": ["no object record for these claims"] if check_drift else None,
+            }
+        )
+    order = {"slr": 0, "role": 1, "grant": 2}
+    return sorted(out, key=lambda e: (order.get(e["kind"], 3), str(e["name"]).lower(), e["key"]))
 
 
-def _desired_summary(kind: str, desired: Any) -> str:
-    if not isinstance(desired, dict) or not desired:
-        return "-"
-    if kind == "grant":
-        ops = desired.get("operations") or desired.get("Operations")
-        return f"key {desired.get('key_arn', '?')}, operations {', '.join(ops) if ops else '?'}"
-    shown = {k: v for k, v in desired.items() if v not in (None, "", [], {}, False)}
-    return ", ".join(
-        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(shown.items())
-    )
+def _short(grant_id: Any) -> str:
+    text = str(grant_id or "-")
+    return text[:16] + "..." if len(text) > 20 else text
+
+
+def _row(entry: dict[str, Any]) -> list[str]:
+    if entry["kind"] == "claims only":
+        return [f"? {entry['name']}", "-", "-", "-", "-", _drift_text(entry)]
+    last = entry["last_heal"] or "never"
+    grant = entry.get("grant") or {}
+    if grant.get("reissued") and (grant["reissued_at"] or "") > (entry["last_heal"] or ""):
+        last = f"re-issued {grant['reissued_at'] or ''}".strip()
+    live = _short(entry["live_id"]) if entry["kind"] == "grant" else str(entry["live_id"] or "-")
+    return [
+        f"{entry['kind']} {entry['name']}",
+        live,
+        entry["origin"],
+        str(entry["heals_this_hour"]),
+        last,
+        _drift_text(entry),
+    ]
+
+
+def _drift_text(entry: dict[str, Any]) -> str:
+    if entry["drift"] is None:
+        return "not checked"
+    return "; ".join(entry["drift"]) or "none"
+
+
+def _details(entry: dict[str, Any]) -> list[str]:
+    lines = []
+    grant = entry.get("grant")
+    if grant:
+        grantee = str(grant["grantee"] or "?").rsplit("/", 1)[-1]
+        lines.append(f"grant {entry['live_id']} to {grantee}, key {grant['key_arn']}")
+        if grant["reissued"]:
+            lines.append(
+                f"re-issued for the recreated grantee (RoleId {grant['grantee_role_id']}); "
+                f"CloudFormation's physical id still names the replaced grant {grant['physical_id_grant']}"
+            )
+    if entry.get("deleting"):
+        deleting = entry["deleting"]
+        task = f", IAM deletion task {deleting['deletion_task_id']}" if deleting["deletion_task_id"] else ""
+        lines.append(
+            f"being deleted since {deleting['since'] or '?'} by request {deleting['by_request']}{task}"
+        )
+    lines += [f"claimed by {c['in_words']}" for c in entry["claims"]]
+    if not entry["claims"]:
+        lines.append("claimed by no stack (kept, not healed; a stack's Create claims it again)")
+    return lines
+
+
+MAX_WIDTH = 48
+HEADER = ["OBJECT", "LIVE ID", "ORIGIN", "HEALS/HOUR", "LAST HEAL", "DRIFT"]
 
 
 def render(entries: list[dict[str, Any]], table: str) -> str:
-    lines = [f"rolekeeper status: registry {table} (read-only)"]
+    """The operator's table: one row per object, then who claims it, in words. Every cell and
+    line is escaped (printable), whatever the registry holds."""
+    drifting = sum(1 for e in entries if e["drift"])
+    lines = [
+        printable(
+            f"rolekeeper status: registry {table} (read-only): {len(entries)} object(s), {drifting} with drift"
+        )
+    ]
     if not entries:
         lines.append("  (nothing registered)")
         return "\n".join(lines)
-    for e in entries:
-        lines.append("")
-        lines.append(f"{e['kind']} {e['name']}   [{e['key']}]")
-        if e["created_by_rolekeeper"]:
-            origin = "yes (rolekeeper made it; the last claim's OnDelete: Delete removes it)"
-        else:
-            origin = "no, adopted (it existed; rolekeeper added only what its desired state lists, and never deletes it)"
-        lines.append(f"  created by rolekeeper: {origin}")
-        lines.append(f"  desired: {_desired_summary(e['kind'], e['desired'])}")
-        lines.append(f"  claims ({len(e['claims'])}):" if e["claims"] else "  claims: none")
-        for c in e["claims"]:
-            extra = "".join(
-                f"  {k}={json.dumps(v) if not isinstance(v, str) else v}"
-                for k, v in c.items()
-                if k not in {"stack", "stack_id", "logical_id", "on_delete", "heal"}
-            )
-            lines.append(
-                f"    {c['stack']}/{c['logical_id']}  OnDelete={c['on_delete']}  Heal={str(c['heal']).lower()}{extra}"
-            )
-        heals = e["heals_in_window"] or 0
-        last = e["last_heal"] or "never"
-        window = f" (window from {e['heal_window_started']})" if e["heal_window_started"] else ""
-        lines.append(f"  heals: {heals} in the current hour window{window}; last heal: {last}")
-        if e["drift"] is None:
-            lines.append("  drift now: not checked")
-        else:
-            lines.append(f"  drift now: {'; '.join(e['drift']) if e['drift'] else 'none'}")
-        for k, v in e["other"].items():
-            lines.append(f"  {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    rows = [[printable(cell) for cell in _row(e)] for e in entries]
+    # A cell past MAX_WIDTH overflows its own row rather than push every other row aside.
+    widths = [min(MAX_WIDTH, max(len(h), *(len(r[i]) for r in rows))) for i, h in enumerate(HEADER[:-1])]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join([c.ljust(w) for c, w in zip(cells, widths, strict=False)] + [cells[-1]]).rstrip()
+
+    lines += ["", line(HEADER)]
+    for entry, row in zip(entries, rows, strict=True):
+        lines.append(line(row))
+        lines += [f"    {printable(detail)}" for detail in _details(entry)]
+    lines += ["", "Every attribute, unabridged: rolekeeper status --json"]
     return "\n".join(lines)
 
 
@@ -226,23 +387,94 @@ def table_from_stack(stack: str) -> str:
     raise LookupError(f"stack {stack} has no RegistryTableName output")
 
 
+def add_guardrail_command(commands: Any) -> None:
+    """`rolekeeper guardrail scp|boundary`: print the guardrail (docs/guardrail.md); no AWS call."""
+    guardrail = commands.add_parser(
+        "guardrail", help="print the guardrail: an SCP or a boundary's Deny statements"
+    )
+    kinds = guardrail.add_subparsers(dest="kind", required=True)
+    scp = kinds.add_parser("scp", help="a service control policy for AWS Organizations (compact JSON)")
+    boundary = kinds.add_parser(
+        "boundary", help="the Deny statements to add to every other principal's boundary"
+    )
+    for kind in (scp, boundary):
+        kind.add_argument(
+            "--function-role-arn-pattern",
+            action="append",
+            default=[],
+            metavar="ARN",
+            help="rolekeeper's function roles (repeat for each; * and ? allowed, the account may be *)",
+        )
+        kind.add_argument(
+            "--break-glass-role", action="append", default=[], metavar="ARN", help="exempt role (repeatable)"
+        )
+        kind.add_argument("--prefix", default="app-", help="ApplicationRoleNamePrefix (default: app-)")
+        kind.add_argument("--partition", default="aws", help="aws (default), aws-cn, aws-us-gov")
+    scp.add_argument("--pretty", action="store_true", help="indented (white space counts against the quota)")
+    boundary.add_argument(
+        "--boundary-policy-arn",
+        help="the boundary that will hold them: adds statements that keep it in place",
+    )
+    boundary.add_argument(
+        "--document", action="store_true", help="a whole boundary policy (Allow * and the Denies), not a list"
+    )
+
+
+def run_guardrail(args: argparse.Namespace) -> int:
+    from rolekeeper import guardrail
+
+    exempt = [*args.function_role_arn_pattern, *args.break_glass_role]
+    problems = guardrail.check_exemptions(
+        args.function_role_arn_pattern, args.break_glass_role, prefix=args.prefix, partition=args.partition
+    )
+    problems += guardrail.check_prefix(args.prefix)
+    if getattr(args, "boundary_policy_arn", None):
+        problems += guardrail.check_boundary_policy_arn(args.boundary_policy_arn, partition=args.partition)
+    if problems:
+        for problem in problems:
+            print(f"rolekeeper guardrail: {problem}", file=sys.stderr)
+        return 2
+    document: Any
+    if args.kind == "scp":
+        document = guardrail.scp(exempt, prefix=args.prefix, partition=args.partition)
+        text = json.dumps(document, indent=2) if args.pretty else guardrail.compact(document)
+        size, limit = len(text), guardrail.SCP_MAX_CHARS
+    else:
+        statements = guardrail.boundary_statements(
+            exempt, prefix=args.prefix, partition=args.partition, boundary_policy_arn=args.boundary_policy_arn
+        )
+        document = guardrail.boundary_document(statements) if args.document else statements
+        size, limit = guardrail.policy_chars(document), guardrail.MANAGED_POLICY_MAX_CHARS
+        text = json.dumps(document, indent=2)
+    print(f"rolekeeper guardrail {args.kind}: {size} of {limit} characters", file=sys.stderr)
+    if size > limit:
+        print(f"rolekeeper guardrail: too large for the {limit}-character quota", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rolekeeper", description="rolekeeper operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("status", help="registry objects, claims, heals and drift now (read-only)")
     show.add_argument("--table", help="registry table name (default: $REGISTRY_TABLE_NAME or the stack's)")
     show.add_argument("--stack", default="rolekeeper", help="rolekeeper's stack name (default: rolekeeper)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--json", action="store_true", help="machine-readable output, every attribute")
     show.add_argument("--no-drift", action="store_true", help="registry only; no IAM or KMS reads")
+    add_guardrail_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "guardrail":
+        return run_guardrail(args)
     try:
         table = args.table or os.environ.get("REGISTRY_TABLE_NAME") or table_from_stack(args.stack)
         entries = status(table, check_drift=not args.no_drift)
     except Exception as error:
-        print(f"rolekeeper status: {type(error).__name__}: {error}", file=sys.stderr)
+        print(printable(f"rolekeeper status: {type(error).__name__}: {error}"), file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"table": table, "objects": entries}, indent=2, default=str))
+        # JSON escapes control characters itself; ensure_ascii also escapes every non-ASCII one.
+        print(json.dumps({"table": table, "objects": entries}, indent=2, default=str, ensure_ascii=True))
     else:
         print(render(entries, table))
     return 1 if any(e["drift"] for e in entries) else 0

@@ -1,23 +1,15 @@
-"""The functions' permissions, rendered from template.yaml and evaluated as IAM evaluates them.
-
-IAM's policy evaluation, as far as these policies use it (IAM User Guide, "Policy evaluation
-logic" and "IAM JSON policy elements: Resource / Condition"):
-- an explicit Deny wins; otherwise some Allow must match, else the request is implicitly denied;
-- in Action and Resource, "*" matches any run of characters, "/" included, and "?" any one;
-  actions compare case-insensitively, ARNs case-sensitively;
-- every condition operator in a statement must hold; a key missing from the request makes a
-  (non-IfExists) operator false; several values for one key match if any matches.
-"""
+"""The functions' permissions, rendered from template.yaml and evaluated as IAM evaluates them
+(tests/iam_evaluator.py: wildcards, explicit Deny, missing condition keys)."""
 
 from __future__ import annotations
 
-import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.iam_evaluator import evaluate
 from tools.policies import template_policies
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,55 +28,6 @@ EVERYTHING = {
     "iam:PolicyARN": SSM,
     "kms:GranteePrincipal": SPOT_FLEET_ROLE,
 }
-
-
-def _glob(pattern: str, *, case: bool = True) -> re.Pattern[str]:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(f"^{regex}$", 0 if case else re.IGNORECASE)
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-OPERATORS = {
-    "StringEquals": lambda want, have: want == have,
-    "ArnEquals": lambda want, have: want == have,
-    "StringLike": lambda want, have: bool(_glob(want).match(have)),
-    "ArnLike": lambda want, have: bool(_glob(want).match(have)),
-}
-
-
-def _condition_holds(condition: dict[str, Any], context: dict[str, Any]) -> bool:
-    for operator, checks in condition.items():
-        qualifier, _, name = operator.rpartition(":")
-        compare = OPERATORS[name]
-        for key, wanted in checks.items():
-            if key not in context:
-                return False
-            have = _list(context[key])
-            if qualifier == "ForAnyValue" or not qualifier:
-                if not any(compare(str(w), str(h)) for w in _list(wanted) for h in have):
-                    return False
-            else:
-                raise AssertionError(f"operator {operator} not modelled")
-    return True
-
-
-def evaluate(documents: list[dict[str, Any]], action: str, resource: str, context: dict[str, Any]) -> bool:
-    allowed = False
-    for document in documents:
-        for statement in _list(document["Statement"]):
-            if not any(_glob(a, case=False).match(action) for a in _list(statement["Action"])):
-                continue
-            if not any(_glob(r).match(resource) for r in _list(statement["Resource"])):
-                continue
-            if not _condition_holds(statement.get("Condition", {}), context):
-                continue
-            if statement["Effect"] == "Deny":
-                return False
-            allowed = True
-    return allowed
 
 
 @cache

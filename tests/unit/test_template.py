@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +161,96 @@ def test_template_registry_access_is_own_table_only():
                 resources = statement["Resource"]
                 resources = [resources] if isinstance(resources, str) else resources
                 assert all(":table/rolekeeper-RegistryTable" in r for r in resources)
+
+
+def _tagged(node: Any) -> tuple[str, Any]:
+    return node.tag, node.value
+
+
+def test_heal_latency_output_is_computed_from_the_region_the_schedule_and_the_mode(template):
+    # Deployed and read back under moto in tests/unit/test_release_package.py; here its inputs.
+    conditions = {name: _tagged(value) for name, value in template["Conditions"].items()}
+    tag, (region, literal) = conditions["ReceivesIamEvents"]
+    assert (tag, _tagged(region), literal) == ("Equals", ("Ref", "AWS::Region"), "us-east-1")
+    tag, (mode, literal) = conditions["ReportsOnly"]
+    assert (tag, _tagged(mode), literal) == ("Equals", ("Ref", "HealMode"), "report")
+    tag, (condition, report, regional) = _tagged(template["Outputs"]["HealLatency"]["Value"])
+    assert (tag, condition) == ("If", "ReportsOnly")
+    assert report.startswith("never")
+    tag, (condition, here, elsewhere) = _tagged(regional)
+    assert (tag, condition, here) == ("If", "ReceivesIamEvents", "seconds (IAM events)")
+    assert _tagged(elsewhere) == (
+        "Sub",
+        "up to ${ReconcileSchedule} (scheduled reconcile); deploy the forwarder for seconds",
+    )
+    # Every name an output already had is kept.
+    assert {"ServiceToken", "RegistryTableName", "HealLatency"} <= set(template["Outputs"])
+
+
+def _make_forwarder(*variables: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "REGION", "BUS"}
+    }
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "forwarder", *variables],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _forwarder_command(*variables: str) -> list[str]:
+    result = _make_forwarder(*variables)
+    assert result.returncode == 0, result.stderr
+    (command,) = [
+        shlex.split(line) for line in result.stdout.replace("\\\n", " ").splitlines() if line.strip()
+    ]
+    return command
+
+
+def test_make_forwarder_deploys_the_example_in_us_east_1_for_the_given_region():
+    forwarder = yaml.load((ROOT / "examples" / "iam-events-forwarder.yaml").read_text(), Loader=Loader)  # noqa: S506
+    command = _forwarder_command("REGION=eu-west-1")
+    assert command[:3] == ["aws", "cloudformation", "deploy"]
+    options = dict(zip(command[3::2], command[4::2], strict=False))
+    assert options["--region"] == "us-east-1"
+    assert options["--template-file"] == "examples/iam-events-forwarder.yaml"
+    assert options["--capabilities"] == "CAPABILITY_IAM"  # the forwarder makes an IAM role
+    overrides = dict(o.split("=", 1) for o in command[command.index("--parameter-overrides") + 1 :])
+    assert overrides == {"TargetRegion": "eu-west-1"}
+    required = {name for name, p in forwarder["Parameters"].items() if "Default" not in p}
+    assert required <= set(overrides) <= set(forwarder["Parameters"])
+    assert re.fullmatch(forwarder["Parameters"]["TargetRegion"]["AllowedPattern"], overrides["TargetRegion"])
+
+    bus = "arn:aws:events:eu-west-1:123456789012:event-bus/rolekeeper"
+    command = _forwarder_command("REGION=eu-west-1", f"BUS={bus}")
+    overrides = dict(o.split("=", 1) for o in command[command.index("--parameter-overrides") + 1 :])
+    assert overrides == {"TargetRegion": "eu-west-1", "TargetEventBusArn": bus}
+    assert re.fullmatch(forwarder["Parameters"]["TargetEventBusArn"]["AllowedPattern"], bus)
+
+
+@pytest.mark.parametrize(
+    ("variables", "says"), [((), "REGION is the region"), (("REGION=us-east-1",), "no forwarder")]
+)
+def test_make_forwarder_refuses_without_a_region_or_for_us_east_1(variables, says):
+    result = _make_forwarder(*variables)
+    assert result.returncode != 0 and says in result.stderr, result.stderr
+    assert "aws cloudformation" not in result.stdout
+
+
+def test_forwarder_template_refuses_other_regions_before_creating_anything():
+    forwarder = yaml.load((ROOT / "examples" / "iam-events-forwarder.yaml").read_text(), Loader=Loader)  # noqa: S506
+    asserts = {name: _tagged(rule["Assertions"][0]["Assert"]) for name, rule in forwarder["Rules"].items()}
+    tag, (region, literal) = asserts["DeployedInUsEast1"]
+    assert (tag, _tagged(region), literal) == ("Equals", ("Ref", "AWS::Region"), "us-east-1")
+    tag, (inner,) = asserts["ForwardsToAnotherRegion"]
+    tag_inner, (target, literal) = _tagged(inner)
+    assert (tag, tag_inner, _tagged(target), literal) == (
+        "Not",
+        "Equals",
+        ("Ref", "TargetRegion"),
+        "us-east-1",
+    )
