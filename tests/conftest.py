@@ -89,11 +89,13 @@ def context() -> LambdaContext:
 
 
 class FakeClock:
-    """Time that moves only when waited on: every wait rolekeeper makes is recorded, none is slept."""
+    """Time that moves only when waited on: every wait rolekeeper makes is recorded, none is slept
+    (on_sleep: what a test does meanwhile, such as another writer finishing its work)."""
 
     def __init__(self) -> None:
         self.offset = 0.0
         self.slept: list[float] = []
+        self.on_sleep: Any = None
 
     def now(self) -> float:
         return time.time() + self.offset
@@ -101,6 +103,8 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.offset += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(seconds)
 
     def clock(self) -> Any:
         from rolekeeper.retry import Clock
@@ -108,18 +112,37 @@ class FakeClock:
         return Clock(now=self.now, sleep=self.sleep)
 
 
-def reset_clients(clock: FakeClock | None = None) -> None:
-    """Fresh AWS clients and settings; both handlers rebuilt on them on next use, with a clock that
-    never sleeps (what a test configured besides, a sender say, stays)."""
+CLOCK = [FakeClock()]  # the test's clock (the fake_clock fixture makes a new one per test)
+
+
+@pytest.fixture(autouse=True)
+def fake_clock() -> FakeClock:
+    """The clock both handlers run on in this test: every wait recorded (fake_clock.slept), none slept."""
+    CLOCK[0] = FakeClock()
+    return CLOCK[0]
+
+
+def rebuild_handlers() -> None:
+    """Both handlers rebuilt on next use from the settings as the environment says now."""
+    from rolekeeper.config import settings
+    from rolekeeper.handlers import custom_resource, healer
+
+    settings.cache_clear()
+    custom_resource.configure(clock=CLOCK[0].clock())
+    healer.configure(clock=CLOCK[0].clock())
+
+
+def reset_clients() -> None:
+    """Fresh AWS clients and settings; both handlers rebuilt on them on next use, on the test's
+    clock (what a test configured besides, a sender say, stays)."""
     from rolekeeper.aws import clients as aws
     from rolekeeper.config import settings
     from rolekeeper.handlers import custom_resource, healer
 
     aws.client.cache_clear()
     settings.cache_clear()
-    fake = (clock or FakeClock()).clock()
-    custom_resource.configure(clock=fake)
-    healer.configure(clock=fake)
+    custom_resource.configure(clock=CLOCK[0].clock())
+    healer.configure(clock=CLOCK[0].clock())
 
 
 def create_registry_table() -> None:
@@ -189,7 +212,7 @@ def sent() -> Iterator[Sent]:
     from rolekeeper.handlers import custom_resource
 
     recorder = Sent()
-    custom_resource.configure(sender=recorder, clock=FakeClock().clock())
+    custom_resource.configure(sender=recorder, clock=CLOCK[0].clock())
     yield recorder
     custom_resource.configure()
 

@@ -360,12 +360,10 @@ def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None, *, index_lag: A
     import boto3
     from moto import mock_aws
 
-    from rolekeeper.aws import iam
     from rolekeeper.aws.registry import TABLE_SCHEMA
     from tests import fidelity
     from tests.conftest import reset_clients
 
-    monkeypatch.setattr(iam, "sleep", lambda _s: None)
     fidelity.install(
         monkeypatch, tasks if tasks is not None else fidelity.DeletionTasks(), index_lag=index_lag
     )

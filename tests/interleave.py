@@ -22,8 +22,8 @@ Every wait is bounded: a thread that does not come back to the scheduler within 
 fails the schedule (printed), and the threads still parked are released with Abort (a
 BaseException, which rolekeeper's `except Exception` does not swallow).
 
-Each Lambda invocation gets its own crhelper CustomResource (custom_resource.helper and .noted are
-per thread here): concurrent invocations run in separate execution environments in Lambda.
+Concurrent invocations share the handler modules' request handling, which keeps nothing of one
+request for the next (each invocation is its own), as separate execution environments would.
 
 The scheduler also keeps the schedule's History: every call made, whether it succeeded, and which
 registry keys held a claim after each registry write, so an invariant can say what happened after
@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -49,7 +49,7 @@ from typing import Any
 import pytest
 
 from tests import cloudformation
-from tests.conftest import ACCOUNT, LambdaContext, Sent, load_event
+from tests.conftest import ACCOUNT, CLOCK, LambdaContext, Sent, load_event, rebuild_handlers
 
 HOOKED = ("iam", "kms", "dynamodb")
 HEALER_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:rolekeeper-HealerFunction"
@@ -217,12 +217,15 @@ class Scheduler:
         monkeypatch.setattr(aws, "client", client)
         # rolekeeper's waits (for IAM, for another writer, for a deletion task) are where a thread
         # lets the others run: a switch there is not a preemption, and it costs no time.
-        from rolekeeper.aws import iam, registry
-        from rolekeeper.healing import service as healing
-        from rolekeeper.provisioning import service as provisioner
+        from rolekeeper.handlers import custom_resource, healer
+        from rolekeeper.retry import Clock
 
-        for module in (iam, healing, provisioner, registry):
-            monkeypatch.setattr(module, "sleep", self._sleep, raising=False)
+        def sleep(seconds: float) -> None:
+            CLOCK[0].offset += seconds  # time passes for the sleeper as for everyone
+            self._sleep(seconds)
+
+        custom_resource.configure(clock=Clock(now=CLOCK[0].now, sleep=sleep))
+        healer.configure(clock=Clock(now=CLOCK[0].now, sleep=sleep))
         return self
 
     def _sleep(self, _seconds: float) -> None:
@@ -423,67 +426,6 @@ def explore(
 # --- the world: Lambda invocations as CloudFormation and EventBridge make them ---------------------
 
 
-class _PerThreadHelper:
-    """custom_resource.helper, one CustomResource per thread (per Lambda execution environment)."""
-
-    def __init__(self, original: Any, sender: Callable[..., bool]) -> None:
-        object.__setattr__(self, "_original", original)
-        object.__setattr__(self, "_sender", sender)
-        object.__setattr__(self, "_local", threading.local())
-
-    def _mine(self) -> Any:
-        from rolekeeper.cfn import CustomResource
-
-        local = object.__getattribute__(self, "_local")
-        helper = getattr(local, "helper", None)
-        if helper is None:
-            original = object.__getattribute__(self, "_original")
-            helper = CustomResource(sender=object.__getattribute__(self, "_sender"))
-            for name in ("_create_func", "_update_func", "_delete_func"):
-                setattr(helper, name, getattr(original, name))
-            helper.timeout_margin = original.timeout_margin
-            local.helper = helper
-        return helper
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._mine(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._mine(), name, value)
-
-    def __call__(self, *args: Any) -> Any:
-        return self._mine()(*args)
-
-
-class _PerThreadList:
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    @property
-    def _items(self) -> list[Any]:
-        if not hasattr(self._local, "items"):
-            self._local.items = []
-        return self._local.items  # type: ignore[no-any-return]
-
-    def append(self, item: Any) -> None:
-        self._items.append(item)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, index: int) -> Any:
-        return self._items[index]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._items)
-
-
 @dataclass
 class Held:
     """A resource as CloudFormation believes it exists (Create or Update answered SUCCESS)."""
@@ -502,22 +444,17 @@ class World:
     operator's retry of a FAILED Delete)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from rolekeeper.handlers import custom_resource, healer
+        from rolekeeper.handlers import custom_resource
         from rolekeeper.healing import service as healing
 
         self.sent = Sent()
         self.cfn = cloudformation.CloudFormation()
         cloudformation.install(monkeypatch, self.cfn)
-        monkeypatch.setattr(custom_resource, "helper", _PerThreadHelper(custom_resource.helper, self.sent))
-        monkeypatch.setattr(custom_resource, "noted", _PerThreadList())
-        from rolekeeper.aws import registry
-        from rolekeeper.provisioning import service as provisioner
-
-        for module in (healing, provisioner, registry):
-            monkeypatch.setattr(module, "sleep", lambda _s: None, raising=False)
+        # One execution environment's request handling serves every thread: it keeps no state of
+        # a request between invocations (each invocation is its own), as in Lambda.
+        custom_resource.configure(sender=self.sent)
         monkeypatch.setattr(healing, "notify", lambda *_a: None)
-        custom_resource.provisioner.cache_clear()
-        healer.healer.cache_clear()
+        rebuild_handlers()
         self.held: dict[tuple[str, str], Held] = {}
         self.requests: list[str] = []  # every RequestId CloudFormation sent
         # (stack, event file, request type, status, properties), in the order the answers came
@@ -792,6 +729,14 @@ def registry_items() -> list[dict[str, Any]]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def _wants(claim_item: dict[str, Any]) -> dict[str, Any]:
+    """A claim item's wants: a map (this version) or a JSON string (0.1.0)."""
+    from rolekeeper.aws.registry.items import decode_item
+
+    wants = decode_item({"wants": claim_item["wants"]})["wants"]
+    return json.loads(wants) if isinstance(wants, str) else dict(wants)
+
+
 def broken_invariants(  # noqa: PLR0915 - the invariants, in order
     world: World, *, deleted: Sequence[str] = (), retained: Sequence[str] = (), history: History | None = None
 ) -> list[str]:
@@ -851,7 +796,7 @@ def broken_invariants(  # noqa: PLR0915 - the invariants, in order
                 broken.append(f"(i) {why}: {name}'s wanted instance profile missing or not holding it")
 
     for key, held in sorted(claims.items()):
-        wants = [json.loads(c["wants"]["S"]) for c in held if "wants" in c]
+        wants = [_wants(c) for c in held if "wants" in c]
         present(key, wants, "claimed in the registry")
         if key not in objects:
             broken.append(f"(ii) orphan claim: {len(held)} claim item(s) on {key} without its object item")

@@ -530,7 +530,9 @@ def measure_heals(measure: Callable[[str, Callable[[], Any]], Any], key_arn: str
     from rolekeeper.aws.registry import Registry
     from rolekeeper.domain.records import grant_key
 
-    reissued = Registry(os.environ["REGISTRY_TABLE_NAME"]).objects.read(grant_key(grant["PhysicalResourceId"]))
+    reissued = Registry(os.environ["REGISTRY_TABLE_NAME"]).objects.read(
+        grant_key(grant["PhysicalResourceId"])
+    )
     assert reissued is not None
     boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=reissued.attrs["grant_id"])
     revoke = heal_event(

@@ -35,6 +35,7 @@ OBJECT_FIELDS = {
     "sk",
     "kind",
     "desired",
+    "format",
     "created",
     "claim_count",
     "heal_count",
@@ -175,7 +176,10 @@ def _desired(record: Record) -> dict[str, Any]:
     from rolekeeper.domain import ownership
 
     if record.kind == "role" and record.wants():
-        return ownership.desired_of(record).to_dict()
+        try:
+            return ownership.desired_of(record).to_dict()
+        except (TypeError, ValueError, KeyError):  # wants written by another version: shown as they are
+            return {"wants": record.wants()}
     return record.spec()
 
 
@@ -304,8 +308,8 @@ def _row(entry: dict[str, Any]) -> list[str]:
         return [f"? {entry['name']}", "-", "-", "-", "-", _drift_text(entry)]
     last = entry["last_heal"] or "never"
     grant = entry.get("grant") or {}
-    if grant.get("reissued") and (grant["reissued_at"] or "") > (entry["last_heal"] or ""):
-        last = f"re-issued {grant['reissued_at'] or ''}".strip()
+    if grant.get("reissued"):
+        last = f"re-issued {entry['last_heal'] or grant['reissued_at'] or ''}".strip()
     live = _short(entry["live_id"]) if entry["kind"] == "grant" else str(entry["live_id"] or "-")
     return [
         f"{entry['kind']} {entry['name']}",

@@ -29,7 +29,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, EVENTS, OPT_IN
+from tests.conftest import ACCOUNT, CLOCK, EVENTS, OPT_IN, rebuild_handlers  # noqa: F401
 from tools.local_aws import REGION, Context, Receiver, embedded_aws, free_port
 
 pytestmark = pytest.mark.e2e
@@ -82,12 +82,10 @@ class ServerCalls:
 def _clear_caches() -> None:
     from rolekeeper.aws import clients as aws
     from rolekeeper.config import settings
-    from rolekeeper.handlers import custom_resource, healer
 
     aws.client.cache_clear()
     settings.cache_clear()
-    custom_resource.provisioner.cache_clear()
-    healer.healer.cache_clear()
+    rebuild_handlers()
 
 
 def _atomic_server(patcher: pytest.MonkeyPatch, calls: ServerCalls) -> None:
@@ -149,11 +147,10 @@ def local_aws() -> Iterator[LocalAws]:
     """A moto server and a receiver on 127.0.0.1; os.environ and rolekeeper's caches restored after."""
     import logging
 
-    from rolekeeper import cfn
     from rolekeeper.handlers import custom_resource
 
     # The response must travel through the real sender (not the conftest `sent` recorder).
-    assert custom_resource.helper.sender is cfn.send_response
+    custom_resource.configure()
     saved_environ = dict(os.environ)
     werkzeug = logging.getLogger("werkzeug")
     werkzeug_level = werkzeug.level
@@ -368,7 +365,7 @@ def test_lifecycle_over_http(local_aws: LocalAws) -> None:  # noqa: PLR0915 - on
     with pytest.raises(iam.exceptions.NoSuchEntityException):
         iam.get_role(RoleName=SPOT_FLEET)
     # The record stays "deleting" with the task id until a later request sees the task over.
-    [record] = local_aws.list(registry().objects.all())
+    [record] = list(local_aws.registry().objects.all())
     assert record.key == role_key(SPOT_FLEET) and record.deleting and not record.claims
     assert all(count == 1 for count in local_aws.bodies.puts.values())
 
@@ -598,9 +595,9 @@ class Refuser:
 
 
 def _send_attempts() -> int:
-    from rolekeeper.cfn import send_response
+    from rolekeeper.aws.responses import DELIVERY
 
-    return int(inspect.signature(send_response).parameters["attempts"].default)
+    return DELIVERY.attempts
 
 
 def _timed_create(local: LocalAws, response_url: str) -> tuple[float, dict[str, Any] | None]:

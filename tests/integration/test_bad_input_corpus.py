@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests import cloudformation
-from tests.conftest import EVENTS, OPT_IN, LambdaContext, Sent
+from tests.conftest import CLOCK, EVENTS, OPT_IN, LambdaContext, Sent, rebuild_handlers  # noqa: F401
 from tests.faults import fast_aws, plain
 
 ACCOUNT = "123456789012"
@@ -540,14 +540,14 @@ def corpus() -> Iterator[Corpus]:
 
     with pytest.MonkeyPatch.context() as monkeypatch, fast_aws(monkeypatch):
         recorder = Sent()
-        monkeypatch.setattr(custom_resource.helper, "sender", recorder)
-        custom_resource.provisioner.cache_clear()
+        custom_resource.configure(sender=recorder)
+        rebuild_handlers()
         plain("iam").create_service_linked_role(AWSServiceName="spotfleet.amazonaws.com")
         key_arn = plain("kms").create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]
         double = cloudformation.CloudFormation()
         cloudformation.install(monkeypatch, double)
         yield Corpus(recorder, key_arn, double)
-        custom_resource.provisioner.cache_clear()
+        custom_resource.configure()
 
 
 def _with_key(value: Any, key_arn: str) -> Any:

@@ -18,10 +18,10 @@ from botocore.exceptions import ReadTimeoutError
 from rolekeeper.aws.registry import Registry
 from rolekeeper.config import settings
 from rolekeeper.domain.records import role_key
-from rolekeeper.provisioning import service as provisioner_module
+from rolekeeper.provisioning import service
+from rolekeeper.provisioning.context import Context
 from rolekeeper.provisioning.requests import Request
-from rolekeeper.provisioning.service import Provisioner
-from tests.conftest import LambdaContext, Stack
+from tests.conftest import CLOCK, LambdaContext, Stack
 from tests.faults import NOWHERE, _Body
 from tests.integration.test_faults import ECS, SPOT_FLEET, Env, env, ok
 
@@ -91,18 +91,18 @@ def direct(stack: Stack, event_file: str, props: dict[str, Any] | None = None) -
         physical_id=event.get("PhysicalResourceId"),
         request_id=event["RequestId"],
     )
-    worker = Provisioner(settings(), registry())
-    return worker.delete(request) if request.request_type == "Delete" else worker.converge(request)
+    from tests.conftest import CLOCK
+
+    ctx = Context(settings(), registry(), CLOCK[0].clock())
+    return (
+        service.delete(ctx, request) if request.request_type == "Delete" else service.converge(ctx, request)
+    )
 
 
-@pytest.fixture(autouse=True)
-def no_waiting(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    from rolekeeper.aws import registry as registry_module
-
-    slept: list[float] = []
-    monkeypatch.setattr(provisioner_module, "sleep", slept.append)
-    monkeypatch.setattr(registry_module, "sleep", slept.append)
-    return slept
+@pytest.fixture
+def no_waiting(fake_clock: Any) -> list[float]:
+    """The waits rolekeeper made (recorded by the test's clock, none slept)."""
+    return fake_clock.slept  # type: ignore[no-any-return]
 
 
 DELETE = {"OnDelete": "Delete"}
@@ -250,8 +250,8 @@ def test_a_last_delete_waits_for_a_heal_under_way(env: Env, no_waiting):
     key = role_key(ECS)
     lease = registry().leases.take(key, token="healer-1", now=time.time(), seconds=120, limit=10)
     assert lease.state == "taken"
-    # The heal ends while the Delete waits (the 2nd look finds the lease gone).
-    At("UpdateItem", before={3: lambda: registry().leases.give_back(key, token="healer-1")}).install()
+    # The heal ends while the Delete waits (the next look finds the lease gone).
+    CLOCK[0].on_sleep = lambda _s: registry().leases.give_back(key, token="healer-1")
     ok(delete(env.stack, created))
     assert no_waiting, "the Delete did not wait for the heal"
     with pytest.raises(env.iam.exceptions.NoSuchEntityException):
@@ -267,7 +267,7 @@ def test_an_update_abandoned_at_the_deadline_puts_the_claim_back_as_it_was(env: 
 
     ok(env.stack.send("role-ecs-instance-create.json", props={"Heal": "true"}))
     before = registry().objects.read(role_key(ECS)).claims[0]
-    monkeypatch.setattr(custom_resource.helper, "timeout_margin", 0.5)
+    custom_resource.configure(timeout_margin=0.5)
     late = Stack("app", env.sent, LambdaContext(remaining_ms=1_500), env.stack.cfn)
     env.faults.hang("ListAttachedRolePolicies", 1.3)
     response = late.send(

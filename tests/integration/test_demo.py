@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import CLOCK, rebuild_handlers  # noqa: F401
 from tools import demo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,13 +28,12 @@ def isolated() -> Iterator[None]:
 
     from rolekeeper.aws import clients as aws
     from rolekeeper.config import settings
-    from rolekeeper.handlers import custom_resource, healer
 
     def clear() -> None:
         aws.client.cache_clear()
         settings.cache_clear()
-        custom_resource.provisioner.cache_clear()
-        healer.healer.cache_clear()
+        rebuild_handlers()
+        rebuild_handlers()
 
     saved = dict(os.environ)
     clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from tests.conftest import OPT_IN
+from tests.conftest import CLOCK, OPT_IN, rebuild_handlers  # noqa: F401
 
 ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
 
@@ -70,11 +70,10 @@ def test_escalation_attempt_is_refused_and_creates_nothing(aws, stack, event_fil
 
 def test_escalation_service_outside_allowed_list_is_refused(aws, stack, monkeypatch):
     from rolekeeper.config import settings
-    from rolekeeper.handlers import custom_resource
 
     monkeypatch.setenv("ALLOWED_SERVICE_NAMES", "spot.amazonaws.com")
     settings.cache_clear()
-    custom_resource.provisioner.cache_clear()
+    rebuild_handlers()
     response = stack.send("slr-create.json")
     assert response["Status"] == "FAILED"
     assert "not allowed by this stack" in response["Reason"]

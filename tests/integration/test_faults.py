@@ -19,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ACCOUNT, EVENTS, OPT_IN, LambdaContext, Sent, Stack, healer_event
+from tests.conftest import (  # noqa: F401
+    ACCOUNT,
+    CLOCK,
+    EVENTS,
+    OPT_IN,
+    LambdaContext,
+    Sent,
+    Stack,
+    healer_event,
+    rebuild_handlers,
+)
 from tests.faults import (
     DENIED,
     FAULTS,
@@ -109,8 +119,7 @@ def env(stack: Stack, sent: Sent, monkeypatch: pytest.MonkeyPatch) -> Iterator[E
         return healer.lambda_handler(copy.deepcopy(payload), context)  # type: ignore[arg-type]
 
     with fast_aws(monkeypatch):
-        healer.healer.cache_clear()
-        monkeypatch.setattr(healing, "sleep", lambda _s: None)
+        rebuild_handlers()
         monkeypatch.setattr(healing, "notify", lambda *_a: None)
         yield Env(
             stack=stack,
@@ -121,7 +130,7 @@ def env(stack: Stack, sent: Sent, monkeypatch: pytest.MonkeyPatch) -> Iterator[E
             kms=plain("kms"),
             dynamodb=plain("dynamodb"),
         )
-        healer.healer.cache_clear()
+        rebuild_handlers()
 
 
 # --- what each operation is met in ----------------------------------------------------------------
@@ -780,14 +789,14 @@ def test_a_hanging_call_is_answered_failed_once_before_the_deadline_and_its_late
 ):
     from rolekeeper.handlers import custom_resource
 
-    monkeypatch.setattr(custom_resource.helper, "timeout_margin", 0.5)
+    custom_resource.configure(timeout_margin=0.5)
     answered: list[float] = []
 
-    def timed(url: str, body: dict[str, Any], **kwargs: Any) -> bool:
+    def timed(url: str, body: dict[str, Any], *args: Any) -> int:
         answered.append(time.monotonic())
-        return env.sent(url, body, **kwargs)
+        return env.sent(url, body, *args)
 
-    monkeypatch.setattr(custom_resource.helper, "sender", timed)
+    custom_resource.configure(sender=timed)
     stack = Stack("app", env.sent, LambdaContext(remaining_ms=2_000), stack.cfn)
     env.faults.hang(operation, 2.3)
     start = time.monotonic()

@@ -6,14 +6,15 @@ import copy
 import json
 import os
 import threading
+import time
 from typing import Any
 
 import boto3
 import pytest
 
-from rolekeeper.aws.registry import Registry
+from rolekeeper.aws.registry import Change, Fence, FenceMoved, Leases, Objects, Registry
 from rolekeeper.domain.records import role_key
-from tests.conftest import EVENTS, OPT_IN, LambdaContext, healer_event
+from tests.conftest import CLOCK, EVENTS, OPT_IN, LambdaContext, healer_event, rebuild_handlers
 
 ECS = "ecsInstanceRole"
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
@@ -29,8 +30,7 @@ def heal(aws, monkeypatch):
     from rolekeeper.handlers import healer
     from rolekeeper.healing import service as healing
 
-    healer.healer.cache_clear()
-    monkeypatch.setattr(healing, "sleep", lambda _s: None)
+    rebuild_handlers()
     notices: list[tuple[str, str]] = []
     monkeypatch.setattr(
         healing, "notify", lambda _topic, subject, message: notices.append((subject, message))
@@ -43,7 +43,7 @@ def heal(aws, monkeypatch):
 
     deliver.notices = notices  # type: ignore[attr-defined]
     yield deliver
-    healer.healer.cache_clear()
+    rebuild_handlers()
 
 
 def iam():
@@ -162,7 +162,6 @@ def spot_fleet_with_grant(aws, stack):
 def test_healer_waits_for_slr_deletion_then_recreates_and_reissues_grant(
     spot_fleet_with_grant, heal, deletion_tasks, monkeypatch, stack
 ):
-    from rolekeeper.healing import service as healing
 
     slr, key_arn, grant = spot_fleet_with_grant
     deletion_tasks.asynchronous = True
@@ -173,7 +172,7 @@ def test_healer_waits_for_slr_deletion_then_recreates_and_reissues_grant(
         polls.append(delay)
         deletion_tasks.finish()  # IAM completes the deletion while the healer waits
 
-    monkeypatch.setattr(healing, "sleep", finish_while_waiting)
+    CLOCK[0].on_sleep = finish_while_waiting
     result = heal(event("heal-delete-service-linked-role.json", responseElements={"deletionTaskId": task_id}))
     assert result["outcome"] == "healed"
     assert polls == [1.0]
@@ -289,10 +288,9 @@ def test_healer_concurrent_invocations_heal_once_without_errors(stack, heal, mon
 
 
 def test_healer_rate_limit_stops_and_alerts(stack, heal, monkeypatch):
-    from rolekeeper import config
 
     monkeypatch.setenv("HEAL_RATE_LIMIT", "2")
-    config.settings.cache_clear()
+    rebuild_handlers()
     stack.send("role-ecs-instance-create.json")
     outcomes = []
     for _ in range(3):
@@ -304,10 +302,9 @@ def test_healer_rate_limit_stops_and_alerts(stack, heal, monkeypatch):
 
 
 def test_healer_report_mode_changes_nothing(stack, heal, monkeypatch):
-    from rolekeeper import config
 
     monkeypatch.setenv("HEAL_MODE", "report")
-    config.settings.cache_clear()
+    rebuild_handlers()
     stack.send("role-ecs-instance-create.json")
     delete_ecs_role_by_hand()
     result = heal(event("heal-delete-role.json"))
@@ -405,7 +402,6 @@ def _slr_deleted_event_without_task_id(event_time: str) -> dict[str, Any]:
 def test_healer_waits_for_slr_to_disappear_without_task_id_then_recreates(
     spot_fleet_with_grant, heal, deletion_tasks, monkeypatch
 ):
-    from rolekeeper.healing import service as healing
 
     slr, key_arn, grant = spot_fleet_with_grant
     deletion_tasks.asynchronous = True
@@ -418,7 +414,7 @@ def test_healer_waits_for_slr_to_disappear_without_task_id_then_recreates(
         if len(polls) == 2:
             deletion_tasks.finish()  # IAM completes the deletion while the healer waits
 
-    monkeypatch.setattr(healing, "sleep", finish_on_second_wait)
+    CLOCK[0].on_sleep = finish_on_second_wait
     result = heal(_slr_deleted_event_without_task_id(requested))
     assert result["outcome"] == "healed", result
     assert polls == [1.0, 2.0]
@@ -432,18 +428,18 @@ def test_healer_waits_for_slr_to_disappear_without_task_id_then_recreates(
 def test_healer_retries_later_when_slr_stays_without_task_id(
     spot_fleet_with_grant, heal, deletion_tasks, monkeypatch
 ):
-    from rolekeeper.healing import service as healing
-    from rolekeeper.healing.service import DELETION_POLL_DELAYS, RetryLater
+    from rolekeeper.healing.service import RetryLater
+    from rolekeeper.retry import SLR_DELETION
 
     slr, _key, _grant = spot_fleet_with_grant
     deletion_tasks.asynchronous = True
     requested = _now_iso()
     iam().delete_service_linked_role(RoleName=SPOT_FLEET)
     polls: list[float] = []
-    monkeypatch.setattr(healing, "sleep", polls.append)
+    CLOCK[0].on_sleep = polls.append
     with pytest.raises(RetryLater):
         heal(_slr_deleted_event_without_task_id(requested))
-    assert polls == list(DELETION_POLL_DELAYS)  # bounded
+    assert polls == [SLR_DELETION.delay(n) for n in range(SLR_DELETION.attempts - 1)]  # bounded
     assert iam().get_role(RoleName=SPOT_FLEET)["Role"]["RoleId"] == slr["Data"]["RoleId"]
     # Lambda's retry, after IAM finished: the role comes back
     deletion_tasks.finish()
@@ -454,13 +450,12 @@ def test_healer_retries_later_when_slr_stays_without_task_id(
 def test_healer_redelivered_slr_delete_without_task_id_after_the_heal_does_not_wait(
     spot_fleet_with_grant, heal, monkeypatch
 ):
-    from rolekeeper.healing import service as healing
 
     iam().delete_service_linked_role(RoleName=SPOT_FLEET)  # finishes at once
     payload = _slr_deleted_event_without_task_id("2026-01-01T00:00:00Z")
     assert heal(payload)["outcome"] == "healed"
     polls: list[float] = []
-    monkeypatch.setattr(healing, "sleep", polls.append)
+    CLOCK[0].on_sleep = polls.append
     # The role there now was made after the deletion was asked for: nothing to wait for
     assert heal(payload)["outcome"] == "healthy"
     assert polls == []
@@ -552,10 +547,10 @@ def test_scheduled_reconcile_restores_boundary_and_tag_value(stack, heal, bounda
 
 def _forget(key: str) -> None:
     """A last Delete's registry effects: the claim released, the object forgotten."""
-    reg = registry()
-    for claim in reg.get(key).claims:
-        reg.release(key, claim.stack_id, claim.logical_id)
-    reg.forget(key)
+    _release_only(key)
+    boto3.client("dynamodb").delete_item(
+        TableName=os.environ["REGISTRY_TABLE_NAME"], Key={"pk": {"S": key}, "sk": {"S": "OBJECT"}}
+    )
 
 
 def _mark_deleting(key: str) -> None:
@@ -570,8 +565,9 @@ def _mark_deleting(key: str) -> None:
 
 def _release_only(key: str) -> None:
     reg = registry()
-    for claim in reg.get(key).claims:
-        reg.release(key, claim.stack_id, claim.logical_id)
+    for claim in reg.objects.read(key).claims:
+        read = reg.objects.read(key)
+        reg.objects.write(key, Fence(read, exact=False), Change(read.kind, release=claim), now=time.time())
 
 
 DELETE_EFFECTS = {"forgotten": _forget, "deleting": _mark_deleting, "released": _release_only}
@@ -595,13 +591,13 @@ def test_a_delete_between_the_healers_read_and_its_lease_stops_the_heal(stack, h
     stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
     delete_ecs_role_by_hand()
     key = role_key(ECS)
-    real_begin = Registry.begin_heal
+    real_take = Leases.take
 
     def delete_first(self, *args, **kwargs):
         DELETE_EFFECTS[effect](key)
-        return real_begin(self, *args, **kwargs)
+        return real_take(self, *args, **kwargs)
 
-    monkeypatch.setattr(Registry, "begin_heal", delete_first)
+    monkeypatch.setattr(Leases, "take", delete_first)
     result = heal(event("heal-delete-role.json"))
     assert result["outcome"] == "ignored"
     assert result["detail"] == IGNORED_BECAUSE[effect]
@@ -619,19 +615,23 @@ def test_a_delete_between_the_lease_and_the_final_write_is_not_written_over(stac
     delete_ecs_role_by_hand()
     key = role_key(ECS)
     before = _object_item(key)
-    real_record = Registry.record_heal
+    real_write = Objects.write
 
-    def delete_first(self, *args, **kwargs):
-        DELETE_EFFECTS[effect](key)
-        return real_record(self, *args, **kwargs)
+    def delete_first(self, key_, fence, *args, **kwargs):
+        if fence.lease:  # the heal's final write
+            DELETE_EFFECTS[effect](key)
+        return real_write(self, key_, fence, *args, **kwargs)
 
-    monkeypatch.setattr(Registry, "record_heal", delete_first)
+    monkeypatch.setattr(Objects, "write", delete_first)
     result = heal(event("heal-delete-role.json"))
     assert result["outcome"] == "ignored"
     assert result["detail"] == f"released while healing: {IGNORED_BECAUSE[effect]}"
     item = _object_item(key)
-    if effect == "forgotten":
-        assert item is None  # not recreated as an unclaimed created=true record
+    if effect != "deleting":
+        # Let go while it healed: the role the heal made is taken back (with its record, which
+        # no claim holds), not left standing for no one.
+        assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
+    if item is None:
         return
     # Nothing of the heal written; the lease given back so a waiting Delete goes on
     assert item["role_id"] == before["role_id"]
@@ -669,13 +669,13 @@ def test_scheduled_reconcile_stops_when_the_delete_starts_between_its_read_and_i
     stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
     delete_ecs_role_by_hand()
     key = role_key(ECS)
-    real_begin = Registry.begin_heal
+    real_take = Leases.take
 
     def deleting_first(self, *args, **kwargs):
         _mark_deleting(key)
-        return real_begin(self, *args, **kwargs)
+        return real_take(self, *args, **kwargs)
 
-    monkeypatch.setattr(Registry, "begin_heal", deleting_first)
+    monkeypatch.setattr(Leases, "take", deleting_first)
     result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
     assert result.get("healed", 0) == 0 and result["ignored"] == 1, result
     assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]
@@ -688,11 +688,17 @@ def test_a_held_lease_coalesces_and_an_expired_one_is_taken(stack, aws):
     first = reg.leases.take(key, token="a", now=1000, seconds=120, limit=5)
     assert first.taken
     assert reg.leases.take(key, token="b", now=1060, seconds=120, limit=5).state == "held"
-    # Only the holder's token gives it back or records
-    assert reg.record_heal(key, token="b", attrs={"role_id": "X"}, created_now=False) == "lost"
+    # Only the holder's token records
+    record = reg.objects.read(key)
+    with pytest.raises(FenceMoved):
+        reg.objects.write(
+            key, Fence(record, lease="b", claimed=True), Change(record.kind, {"role_id": "X"}), now=1060
+        )
     assert reg.leases.take(key, token="b", now=1121, seconds=120, limit=5).taken  # expired
-    assert reg.record_heal(key, token="b", attrs={}, created_now=False, healed_at=1122) == "recorded"
-    assert reg.get(key).healed_at == 1122
+    record = reg.objects.read(key)
+    heal_write = Change(record.kind, healed_at=1122, end_lease=True)
+    reg.objects.write(key, Fence(record, lease="b", claimed=True), heal_write, now=1122)
+    assert reg.objects.read(key).healed_at == 1122
     assert _object_item(key)["heal_count"]["N"] == "2"
 
 

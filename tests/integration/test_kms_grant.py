@@ -6,7 +6,9 @@ import boto3
 import pytest
 
 from rolekeeper.domain.catalog import DEFAULT_GRANT_OPERATIONS
-from tests.conftest import OPT_IN
+from rolekeeper.domain.records import grant_key
+from tests.conftest import CLOCK, OPT_IN, rebuild_handlers  # noqa: F401
+from tests.integration.test_service_role import registry
 
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
 
@@ -184,11 +186,13 @@ def test_an_update_that_only_changes_heal_after_a_re_issue_keeps_the_live_grant(
     first = stack.send("grant-create.json", props={"KeyId": key_arn})
     g1 = first["Data"]["GrantId"]
     boto3.client("kms").revoke_grant(KeyId=key_arn, GrantId=g1)  # by hand
-    healer.healer.cache_clear()
+    rebuild_handlers()
     healed = healer.healer().heal_grant(g1)
     assert healed.outcome == "healed", healed
     (g2,) = (g["GrantId"] for g in grants(key_arn))
-    # Only Heal changes: KMS's Name idempotency returns the re-issued grant under a new physical id.
+    # Only Heal changes: KMS's Name idempotency returns the re-issued grant, which the record of
+    # the physical id CloudFormation holds already names: the same physical id (no replacement,
+    # so no cleanup Delete, and no two records ever hold one grant).
     updated = stack.send(
         "grant-create.json",
         props={"KeyId": key_arn, "Heal": "false"},
@@ -196,12 +200,11 @@ def test_an_update_that_only_changes_heal_after_a_re_issue_keeps_the_live_grant(
         PhysicalResourceId=first["PhysicalResourceId"],
     )
     assert updated["Status"] == "SUCCESS", updated["Reason"]
-    assert updated["PhysicalResourceId"] == f"{key_arn}#{g2}"
-    cleanup = stack.send(
-        "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=first["PhysicalResourceId"]
-    )
-    assert cleanup["Status"] == "SUCCESS", cleanup["Reason"]
+    assert updated["PhysicalResourceId"] == first["PhysicalResourceId"]
+    assert updated["Data"]["GrantId"] == g2
     assert [g["GrantId"] for g in grants(key_arn)] == [g2], "the live grant was revoked"
+    (claim,) = registry().objects.read(grant_key(first["PhysicalResourceId"])).claims
+    assert claim.heal is False
 
 
 def test_a_grant_delete_whose_forget_applied_but_answer_was_lost_leaves_no_skeleton(
@@ -209,24 +212,24 @@ def test_a_grant_delete_whose_forget_applied_but_answer_was_lost_leaves_no_skele
 ):
     from botocore.exceptions import ClientError
 
-    from rolekeeper.aws.registry import Registry
+    from rolekeeper.aws.registry import Objects, Registry
     from rolekeeper.handlers.healer import lambda_handler
     from tests.conftest import load_event
 
     created = stack.send("grant-create.json", props={"KeyId": key_arn})
-    original = Registry.forget
+    original = Objects.finish_delete
 
-    def applied_then_lost(self, key):
-        original(self, key)
+    def applied_then_lost(self, key, *args, **kwargs):
+        original(self, key, *args, **kwargs)
         raise ClientError({"Error": {"Code": "RequestTimeout", "Message": "answer lost"}}, "DeleteItem")
 
-    monkeypatch.setattr(Registry, "forget", applied_then_lost)
+    monkeypatch.setattr(Objects, "finish_delete", applied_then_lost)
     failed = stack.send(
         "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"]
     )
     assert failed["Status"] == "FAILED"
-    monkeypatch.setattr(Registry, "forget", original)
-    items = boto3.client("dynamodb").scan(TableName=Registry("rolekeeper-test-registry").table)["Items"]
+    monkeypatch.setattr(Objects, "finish_delete", original)
+    items = boto3.client("dynamodb").scan(TableName=Registry("rolekeeper-test-registry").table.name)["Items"]
     left = [i for i in items if not i["pk"]["S"].startswith("REQUEST#")]
     assert left == [], f"left behind: {left}"
     result = lambda_handler(load_event("heal-scheduled.json"), context)

@@ -25,8 +25,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from rolekeeper.domain.events import ALL as ALL_ASPECTS
 from rolekeeper.domain.events import ROLE_EVENTS
+from rolekeeper.domain.records import claim_owner
 from tests import cloudformation, fidelity
-from tests.conftest import ACCOUNT, EVENTS, LambdaContext, Sent, Stack, healer_event
+from tests.conftest import ACCOUNT, CLOCK, EVENTS, LambdaContext, Sent, Stack, healer_event, rebuild_handlers  # noqa: F401
 from tests.faults import fast_aws, plain
 
 STACKS = ("alpha", "bravo", "charlie")
@@ -59,19 +60,17 @@ class Claim:
 class Lifecycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        from rolekeeper.handlers import custom_resource, healer
+        from rolekeeper.handlers import custom_resource
         from rolekeeper.healing import service as healing
 
         self.monkeypatch = pytest.MonkeyPatch()
         self.monkeypatch.setenv("HEAL_RATE_LIMIT", "100000")  # this is not what is under test here
         self.moto = fast_aws(self.monkeypatch, fidelity.DeletionTasks())  # iam.sleep patched there
         self.moto.__enter__()
-        self.monkeypatch.setattr(healing, "sleep", lambda _s: None)
         self.monkeypatch.setattr(healing, "notify", lambda *_a: None)
         self.sent = Sent()
-        self.monkeypatch.setattr(custom_resource.helper, "sender", self.sent)
-        custom_resource.provisioner.cache_clear()
-        healer.healer.cache_clear()
+        custom_resource.configure(sender=self.sent)
+        rebuild_handlers()
         self.cfn = cloudformation.CloudFormation()
         cloudformation.install(self.monkeypatch, self.cfn)
         self.stacks = {name: Stack(name, self.sent, LambdaContext(), self.cfn) for name in STACKS}
@@ -81,14 +80,16 @@ class Lifecycle(RuleBasedStateMachine):
         self.last_delete: tuple[str, str, Claim] | None = None
 
     def teardown(self) -> None:
-        from rolekeeper.handlers import custom_resource, healer
+        from rolekeeper.handlers import custom_resource
+
+        custom_resource.configure()
 
         try:
             self.moto.__exit__(None, None, None)
         finally:
             self.monkeypatch.undo()
-            custom_resource.provisioner.cache_clear()
-            healer.healer.cache_clear()
+            rebuild_handlers()
+            rebuild_handlers()
 
     # --- reading AWS back -----------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ class Lifecycle(RuleBasedStateMachine):
             return
         items = plain("dynamodb").scan(TableName=REGISTRY)["Items"]
         found = sorted(
-            (i["pk"]["S"], i["logical_id"]["S"], i["stack_id"]["S"], i["on_delete"]["S"], i["heal"]["BOOL"])
+            (i["pk"]["S"], *reversed(claim_owner(i["sk"]["S"])), i["on_delete"]["S"], i["heal"]["BOOL"])
             for i in items
             if i["sk"]["S"].startswith("CLAIM#")
         )

@@ -10,6 +10,7 @@ them (as EventBridge does: the event as the message) so the topic is exercised t
 from __future__ import annotations
 
 import json
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import ROOT, healer_event
+from tests.conftest import ROOT, healer_event, rebuild_handlers
 from tests.integration.test_org import REGION, _CfnLoader, parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -135,6 +136,8 @@ def test_publish_batches_and_reports_what_was_taken(monkeypatch: pytest.MonkeyPa
     calls: list[int] = []
 
     class Client:
+        meta = types.SimpleNamespace(region_name="us-east-1")
+
         def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:
             calls.append(len(Entries))
             return {"Entries": [{"EventId": "x"} for _ in Entries], "FailedEntryCount": 0}
@@ -160,11 +163,14 @@ def test_a_failed_heal_is_sent_before_lambda_retries(
     sent: list[dict[str, Any]] = []
     monkeypatch.setenv("ORG_EVENT_BUS_ARN", f"arn:aws:events:{REGION}:123456789012:event-bus/rolekeeper-org")
     monkeypatch.setattr(org_events, "publish", lambda details, bus=None: sent.extend(details) or 1)
+    rebuild_handlers()
 
-    def broken(_event: Any) -> Any:
+    def broken(_healer: Any, _event: Any) -> Any:
         raise RuntimeError("IAM is down")
 
-    monkeypatch.setattr(healer, "_on_change", broken)
+    from rolekeeper.healing import events
+
+    monkeypatch.setattr(events, "_heal", broken)
     with pytest.raises(RuntimeError):
         healer.lambda_handler(healer_event("heal-delete-role.json"), context)
     (failure,) = sent

@@ -10,9 +10,8 @@ from typing import Any
 import boto3
 import pytest
 
-from rolekeeper.aws.registry import Registry
 from rolekeeper.domain.records import role_key
-from tests.conftest import ACCOUNT, LambdaContext, load_event
+from tests.conftest import ACCOUNT, CLOCK, LambdaContext, load_event, rebuild_handlers  # noqa: F401
 from tests.integration.test_service_role import (
     ADMINISTRATOR,
     CLOUDWATCH_AGENT,
@@ -309,11 +308,10 @@ def test_an_update_rollback_is_confirmed(held, stack, cfn):
 
 def test_verify_requests_false_is_the_operators_escape_hatch(aws, stack, monkeypatch):
     from rolekeeper.config import settings
-    from rolekeeper.handlers import custom_resource
 
     monkeypatch.setenv("VERIFY_REQUESTS", "false")
     settings.cache_clear()
-    custom_resource.provisioner.cache_clear()
+    rebuild_handlers()
     response = stack.send("role-ecs-instance-create.json", confirmed=False)
     assert response["Status"] == "SUCCESS", response["Reason"]
     settings.cache_clear()
@@ -522,7 +520,7 @@ def test_crhelper_polling_keys_are_ignored(held, stack):
 
 def test_registry_records_each_claims_wants(aws, stack):
     stack.send("role-ec2-application-create.json", props={"RoleName": "app-web"})
-    (claim,) = Registry(registry().table).get(role_key("app-web")).claims
+    (claim,) = registry().objects.read(role_key("app-web")).claims
     assert claim.wants is not None and claim.wants["policy_arns"] == [SSM_CORE]
 
 

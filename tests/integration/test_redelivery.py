@@ -58,18 +58,18 @@ def test_a_redelivered_delete_does_not_act_twice(aws, stack, other_stack, sent, 
 def test_a_request_whose_first_attempt_died_before_answering_is_answered(aws, stack):
     # The first attempt noted the request, then the function crashed (no answer): Lambda's retry
     # must be answered.
-    registry().begin_request("d1ed-before-answering", now=time.time())
+    registry().requests.begin("d1ed-before-answering", now=time.time(), until=time.time() - 1)
     response = stack.send("role-ecs-instance-create.json", RequestId="d1ed-before-answering")
     assert response["Status"] == "SUCCESS", response["Reason"]
 
 
 def test_a_registry_that_cannot_be_read_does_not_cost_the_request_its_response(aws, stack, monkeypatch):
-    from rolekeeper.aws.registry import Registry
+    from rolekeeper.aws.registry import Requests
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("registry unavailable")
 
-    monkeypatch.setattr(Registry, "begin_request", broken)
+    monkeypatch.setattr(Requests, "begin", broken)
     response = stack.send("slr-create.json")
     assert response["Status"] == "SUCCESS", response["Reason"]
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import boto3
 import pytest
 
 from rolekeeper import cli
-from tests.conftest import OPT_IN
+from tests.conftest import CLOCK, OPT_IN, rebuild_handlers  # noqa: F401
 
 
 def table_rows(text: str) -> dict[str, dict[str, str]]:
@@ -175,8 +176,8 @@ def test_status_escapes_control_characters_in_every_string_it_prints(
     write the table, or a newer rolekeeper) reach the operator's screen escaped, never raw."""
     import os
 
-    from rolekeeper.aws.registry import Registry
-    from rolekeeper.domain.records import Claim
+    from rolekeeper.aws.registry import Change, Fence, Registry
+    from rolekeeper.domain.records import Claim, Kind
 
     description = "Spot Fleet\nslr AWSServiceRoleForEC2Spot  forged  drift none\rX\t\xff"
     assert stack.send("slr-create.json", props={"Description": description})["Status"] == "SUCCESS"
@@ -187,17 +188,20 @@ def test_status_escapes_control_characters_in_every_string_it_prints(
         props={"Tags": [{"Key": "team", "Value": tag}]},
     )
     assert tagged["Status"] == "SUCCESS"
-    Registry(os.environ["REGISTRY_TABLE_NAME"]).commit(
+    Registry(os.environ["REGISTRY_TABLE_NAME"]).objects.write(
         "ROLE#app-hostile",
-        "role",
-        {"name": "app-hostile" + HOSTILE, "description": HOSTILE},
-        read=None,
-        created_now=True,
-        attrs={"name": "app-hostile" + HOSTILE, "role_id": "AROA" + HOSTILE},
-        claim=Claim(
-            stack_id="arn:aws:cloudformation:us-east-1:123456789012:stack/evil" + HOSTILE + "/1",
-            logical_id="Role" + HOSTILE,
+        Fence(None),
+        Change(
+            Kind.ROLE,
+            attrs={"name": "app-hostile" + HOSTILE, "role_id": "AROA" + HOSTILE},
+            created=True,
+            claim=Claim(
+                stack_id="arn:aws:cloudformation:us-east-1:123456789012:stack/evil" + HOSTILE + "/1",
+                logical_id="Role" + HOSTILE,
+                wants={"name": "app-hostile" + HOSTILE, "description": HOSTILE},
+            ),
         ),
+        now=time.time(),
     )
 
     capsys.readouterr()
@@ -240,7 +244,6 @@ def test_status_after_a_heal_shows_the_live_grant_and_the_heals(
     re-issued. status names the live grant (not the one CloudFormation's physical id still names),
     the heal on the role, and the re-issue on the grant."""
     from rolekeeper.handlers import healer
-    from rolekeeper.healing import service as healing
     from tests.conftest import LambdaContext, healer_event
 
     assert stack.send("slr-create.json")["Status"] == "SUCCESS"
@@ -248,8 +251,7 @@ def test_status_after_a_heal_shows_the_live_grant_and_the_heals(
     grant = stack.send("grant-create.json", props={"KeyId": key})
     old_grant = grant["Data"]["GrantId"]
     task = boto3.client("iam").delete_service_linked_role(RoleName="AWSServiceRoleForEC2SpotFleet")
-    monkeypatch.setattr(healing, "sleep", lambda _s: None)
-    healer.healer.cache_clear()
+    rebuild_handlers()
     event = healer_event(
         "heal-delete-service-linked-role.json", responseElements={"deletionTaskId": task["DeletionTaskId"]}
     )

@@ -27,7 +27,7 @@ from tests.conftest import EVENTS, OPT_IN, LambdaContext, healer_event
 from tests.faults import fast_aws, plain
 from tests.fidelity import IndexLag
 from tests.interleave import REGISTRY, World
-from tests.staging import DYNAMODB_WRITES, Call, Deadline, Outcome, Stage, returns_to_crhelper
+from tests.staging import DYNAMODB_WRITES, Call, Deadline, Outcome, Stage
 
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
 SLR_CREATE = "slr-create.json"
@@ -185,11 +185,6 @@ GRANT_WRITERS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 1: the grant Delete ignores the heal lease, and a heal or re-issue whose "
-    "final write is refused keeps the grant it made",
-)
 @pytest.mark.parametrize("writer", list(GRANT_WRITERS))
 def test_a_grant_delete_during_a_heal_or_reissue_leaves_no_grant_on_the_key(case: Case, writer: str) -> None:
     created = case.spot_fleet_grant()
@@ -255,11 +250,6 @@ def _piece_present(case: Case, piece: str) -> bool:
     return "team" in case.tags(APP)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 2: a retried attempt finds the piece in place and does not record it as "
-    "added, so no later Update removes it",
-)
 @pytest.mark.parametrize("piece", list(PIECES))
 def test_a_piece_added_by_an_attempt_that_lost_the_race_is_removed_by_a_later_update(
     case: Case, piece: str
@@ -374,11 +364,6 @@ def _p_and_q(case: Case, heal: str, change: str) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 3: the heal plans from the record it read before the stack's change and "
-    "re-attaches P, recording it as added",
-)
 @pytest.mark.parametrize(
     ("heal", "change"),
     [
@@ -439,11 +424,6 @@ def test_the_fidelity_index_lag_hides_writes_made_after_the_moment_from_the_inde
     assert by_grant_id("g1") == ["GRANT#two"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 4: the cleanup Delete decides on the ByGrantId index (eventually "
-    "consistent) and revokes the grant the new physical id names",
-)
 def test_a_cleanup_delete_on_a_lagging_index_keeps_the_grant_cloudformation_now_holds(case: Case) -> None:
     created = case.spot_fleet_grant()
     first = created["Data"]["GrantId"]
@@ -459,7 +439,9 @@ def test_a_cleanup_delete_on_a_lagging_index_keeps_the_grant_cloudformation_now_
     case.lag.thaw()
     assert updated["Status"] == "SUCCESS", updated["Reason"]
     held = case.world.held[("alpha", GRANT)].physical_id
-    grant_id = held.rsplit("#", 1)[1]
+    # The grant the resource stands for now: what the Update answered (GrantId), whether it kept the
+    # physical id (the same grant: rolekeeper's answer since the fix) or named a new one.
+    grant_id = updated["Data"]["GrantId"]
     live = {g["GrantId"] for g in case.grants()}
     assert grant_id in live, (
         f"case 4: CloudFormation holds {GRANT} as ...#{grant_id[:12]}... after the Update (Heal only, "
@@ -480,11 +462,6 @@ def _delete_ecs_by_hand(case: Case) -> None:
     case.iam.delete_role(RoleName=ECS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 5: the release does not respect the heal lease, and the heal whose final "
-    "write is refused keeps the role it created",
-)
 def test_a_release_with_retain_during_the_reconcile_does_not_bring_the_role_back(case: Case) -> None:
     assert case.world.create("alpha", ECS_CREATE)["Status"] == "SUCCESS"  # OnDelete: Retain
     _delete_ecs_by_hand(case)
@@ -576,18 +553,14 @@ class Late:
         return response
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 6a: the deadline answer between the handler's 'responded?' check and its "
-    "SUCCESS send leaves the claim, and the FAILED answer's physical id names nothing to roll back",
-)
 def test_a_deadline_between_the_responded_check_and_the_send_leaves_no_claim_after_the_rollback(
     case: Case,
 ) -> None:
     late = Late.make(case)
-    # The work is done and the registered function returns its physical id to crhelper, which is
-    # about to send SUCCESS: the deadline passes exactly then.
-    outcome = late.deliver(profile=returns_to_crhelper(late.deadline.pass_now))
+    # The work is done (its last registry write landed) and the answer is about to be sent: the
+    # deadline passes exactly then.
+    case.stage.at("alpha-create", "*", lambda _call: late.deadline.pass_now(), after=True, where=_last_write)
+    outcome = late.deliver()
     assert outcome.error is None, outcome.error
     assert late.deadline.fired, "staging: the deadline never passed (no threading.Timer pending)"
     answers = late.answers()
@@ -612,6 +585,14 @@ def test_a_deadline_between_the_responded_check_and_the_send_leaves_no_claim_aft
     violations(found, "case 6a (the deadline fires after the work, before the SUCCESS send):")
 
 
+def _last_write(call: Call) -> bool:
+    """The request's last registry write: the one that records its answer."""
+    text = json.dumps(call.params, default=str)
+    return (
+        bool(call.ok) and call.operation in DYNAMODB_WRITES and "REQUEST#" in text and "SET answer = " in text
+    )
+
+
 def _killed_after_its_claim(case: Case, late: Late) -> Outcome:
     """The deadline passes right after the Create's claim committed; Lambda then ends the
     invocation: it stops at its next AWS call and never resumes."""
@@ -629,21 +610,20 @@ def _killed_after_its_claim(case: Case, late: Late) -> Outcome:
     return outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 6b: the deadline FAILED carries a physical id the rollback Delete cannot "
-    "connect to the claim the ended invocation left",
-)
 def test_the_rollback_delete_after_the_environment_ended_releases_the_claim(case: Case) -> None:
     late = Late.make(case)
     outcome = _killed_after_its_claim(case, late)
     answers = late.answers()
-    assert len(answers) == 1 and answers[0]["Status"] == "FAILED", (
-        f"the deadline's answer: {[a['Status'] for a in answers]}"
-    )
+    assert len(answers) == 1, f"the deadline's answer: {[a['Status'] for a in answers]}"
     ended = "ended at its next AWS call" if outcome.killed else "ran to its end (no AWS call was left)"
-    rolled_back = late.roll_back(answers[0])
     found = []
+    if answers[0]["Status"] == "SUCCESS":
+        # The claim's write carried the answer: the deadline found SUCCESS decided and sent it.
+        if case.claims_of("alpha", ECS_ROLE) != [ECS.lower()] or case.role(ECS) is None:
+            found.append("answered SUCCESS but the claim or the role is missing")
+        violations(found, f"case 6b (deadline after the claim committed; the invocation {ended}):")
+        return
+    rolled_back = late.roll_back(answers[0])
     if rolled_back["Status"] != "SUCCESS":
         found.append(f"the rollback Delete failed: {rolled_back['Reason']}")
     if claims := case.claims_of("alpha", ECS_ROLE):
@@ -655,11 +635,6 @@ def test_the_rollback_delete_after_the_environment_ended_releases_the_claim(case
     violations(found, f"case 6b (deadline FAILED sent after the claim committed; the invocation {ended}):")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 case 6c: the deadline answer is not recorded as the answer, so Lambda's retry "
-    "of the event after the timeout answers again",
-)
 def test_lambdas_retry_after_the_deadline_answer_gets_no_second_response(case: Case) -> None:
     late = Late.make(case, remaining_ms=300)  # its deadline (and the request marker's) is 0.3 s away
     _killed_after_its_claim(case, late)

@@ -120,7 +120,13 @@ def closed_port() -> int:
 
 
 def assert_url_not_logged(text: str) -> None:
-    for secret in ("SecretLogicalId", "cfn-response-bucket", "X-Amz-Signature", "5ec12e7deadbeef", "AKIAEXAMPLE"):
+    for secret in (
+        "SecretLogicalId",
+        "cfn-response-bucket",
+        "X-Amz-Signature",
+        "5ec12e7deadbeef",
+        "AKIAEXAMPLE",
+    ):
         assert secret not in text, f"{secret} was logged"
 
 
@@ -129,7 +135,9 @@ class Context:
     remaining_ms: int = 120_000
     aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
     function_name: str = "rolekeeper-ProvisionerFunction"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:rolekeeper-ProvisionerFunction"
+    invoked_function_arn: str = (
+        "arn:aws:lambda:us-east-1:123456789012:function:rolekeeper-ProvisionerFunction"
+    )
 
     def get_remaining_time_in_millis(self) -> int:
         return self.remaining_ms
@@ -163,7 +171,11 @@ Work = Callable[[Any, Any], Response]
 
 
 def answering(
-    sender: Sender | Callable[..., int], *, work: Work | None = None, timeout_margin: float = 8.0, sam_local: bool = False
+    sender: Sender | Callable[..., int],
+    *,
+    work: Work | None = None,
+    timeout_margin: float = 8.0,
+    sam_local: bool = False,
 ) -> Answering:
     """The protocol around a stand-in for the work (under moto: the request bookkeeping is real)."""
     config = dataclasses.replace(settings(), verify_requests=False, sam_local=sam_local)
@@ -429,11 +441,17 @@ MALFORMED = [
     pytest.param(_without("ResourceType"), "ResourceType", True, id="no-ResourceType"),
     pytest.param(event(RequestType="Bogus"), "RequestType", True, id="RequestType-Bogus"),
     pytest.param(event(RequestId=7), "RequestId", True, id="RequestId-not-string"),
-    pytest.param(event(ResponseURL="http://example.com/x?X-Amz-Signature=1"), "ResponseURL", False, id="plain-http"),
+    pytest.param(
+        event(ResponseURL="http://example.com/x?X-Amz-Signature=1"), "ResponseURL", False, id="plain-http"
+    ),
     pytest.param(event(ResponseURL="ftp://example.com/x"), "ResponseURL", False, id="ftp"),
     pytest.param(event(ResponseURL="https:///no-host"), "ResponseURL", False, id="https-no-host"),
-    pytest.param(_without("PhysicalResourceId", "slr-update.json"), "PhysicalResourceId", True, id="Update-no-pid"),
-    pytest.param(event("slr-update.json", PhysicalResourceId=None), "PhysicalResourceId", True, id="Update-null-pid"),
+    pytest.param(
+        _without("PhysicalResourceId", "slr-update.json"), "PhysicalResourceId", True, id="Update-no-pid"
+    ),
+    pytest.param(
+        event("slr-update.json", PhysicalResourceId=None), "PhysicalResourceId", True, id="Update-null-pid"
+    ),
     pytest.param(event(ResourceProperties=["AWSServiceName"]), "ResourceProperties", True, id="props-list"),
 ]
 
@@ -460,9 +478,10 @@ def test_a_malformed_event_gets_a_failed_answer_naming_the_problem(aws, bad, nam
 
 
 @pytest.mark.parametrize("bad", ["not an event", None, [event()]], ids=["string", "None", "list"])
-def test_an_event_that_is_not_a_request_gets_nothing(aws, bad):
+def test_an_event_that_is_not_a_request_is_refused_without_sending_anything(aws, bad):
     sender = Sender()
-    assert answering(sender)(bad, Context()) is None
+    body = answering(sender)(bad, Context())
+    assert body is not None and body["Status"] == "FAILED" and "not a CloudFormation" in body["Reason"]
     assert sender.calls == []
 
 

@@ -444,7 +444,6 @@ def _app(*, boundary: str | None = BOUNDARY, tags: dict[str, str] | None = None,
     return Record(
         key="ROLE#app-web",
         kind="role",
-        desired=spec.to_dict(),
         created=created,
         attrs=attrs,
         claims=[Claim("stack", "Role", wants=spec.to_dict())],

@@ -16,7 +16,6 @@ from rolekeeper.retry import IAM_VISIBLE, Clock
 logger = Logger(child=True)
 
 
-
 def already_exists(error: ClientError) -> bool:
     # IAM answers an existing service-linked role with InvalidInput "... has been taken in this
     # account"; regular roles and instance profiles with EntityAlreadyExists.

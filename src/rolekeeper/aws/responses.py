@@ -55,7 +55,9 @@ def put(url: str, body: dict[str, Any], *, clock: Clock) -> int:
         except urllib.error.HTTPError as error:
             status = int(error.code)
         except Exception as error:
-            logger.warning("response not delivered", error=type(error).__name__, host=host, attempt=attempt + 1)
+            logger.warning(
+                "response not delivered", error=type(error).__name__, host=host, attempt=attempt + 1
+            )
             continue
         if status < 300:
             logger.info("response delivered", status=body["Status"], http_status=status, attempt=attempt + 1)

@@ -33,7 +33,12 @@ def create_grant(spec: GrantSpec, grantee: dict[str, Any], made: Made) -> GrantO
     """grantee is the role as IAM returns it (its RoleId is part of the grant's Name)."""
     name = spec.name(grantee["RoleId"])
     grant_id, token = kms.create_grant(
-        spec.key_arn, grantee["Arn"], list(spec.operations), name, spec.constraints or None, spec.retiring_principal
+        spec.key_arn,
+        grantee["Arn"],
+        list(spec.operations),
+        name,
+        spec.constraints or None,
+        spec.retiring_principal,
     )
     if grant_id not in made.grants:
         made.grants.append(grant_id)
@@ -68,7 +73,11 @@ def held_by_another(objects: Objects, key_arn: str, grant_id: str, *, besides: s
     grant is most often shared with is the one keyed by the grant itself (an Update that returned
     it as a new physical id), read consistently; the index adds candidates it may not list yet."""
     direct = grant_key(f"{key_arn}#{grant_id}")
-    if direct != besides and (found := objects.read(direct)) is not None and found.attrs.get("grant_id") == grant_id:
+    if (
+        direct != besides
+        and (found := objects.read(direct)) is not None
+        and found.attrs.get("grant_id") == grant_id
+    ):
         return True
     return any(r.key != besides for r in objects.grants_by_id(grant_id))
 
@@ -104,7 +113,9 @@ def reissue(objects: Objects, key: str, grantee: dict[str, Any], *, token: str, 
 
     def attempt(record: Record | None, made: Made) -> Plan[Reissued]:
         if record is None or record.deleting or not record.claims or record.lease.by != token:
-            done.why_not = "no longer claimed" if record is None or not record.claims else "deleting or lease lost"
+            done.why_not = (
+                "no longer claimed" if record is None or not record.claims else "deleting or lease lost"
+            )
             done.grant_id = ""
             return Plan(done, abandon=True)
         spec = GrantSpec.from_dict(record.spec())
@@ -116,7 +127,11 @@ def reissue(objects: Objects, key: str, grantee: dict[str, Any], *, token: str, 
         done.grant_id, done.replaced = outcome.grant_id, stale
         done.changes = [f"grant re-issued on {spec.key_arn}"]
         change = Change(
-            kind=Kind.GRANT, attrs=grant_attrs(spec, outcome), created=True, healed_at=clock.now(), end_lease=True
+            kind=Kind.GRANT,
+            attrs=grant_attrs(spec, outcome),
+            created=True,
+            healed_at=clock.now(),
+            end_lease=True,
         )
         return Plan(done, Fence(record, exact=True, lease=token, claimed=True), change)
 
@@ -124,7 +139,9 @@ def reissue(objects: Objects, key: str, grantee: dict[str, Any], *, token: str, 
         key_arn = key.removeprefix("GRANT#").split("#", 1)[0]
         revoke_unheld(objects, key_arn, made.grants, besides="")
 
-    return run(objects, key, read=lambda: objects.read(key), attempt=attempt, undo=undo, clock=clock, what=key)
+    return run(
+        objects, key, read=lambda: objects.read(key), attempt=attempt, undo=undo, clock=clock, what=key
+    )
 
 
 def reissue_stale(
@@ -135,10 +152,16 @@ def reissue_stale(
     now is left to that heal). healable_only: the healer's call (claims with Heal on)."""
     changes: list[str] = []
     for record in registry.objects.grants_naming(grantee["RoleName"]):
-        if not record.claims or (healable_only and not record.healable) or not is_stale(record, grantee["RoleId"]):
+        if (
+            not record.claims
+            or (healable_only and not record.healable)
+            or not is_stale(record, grantee["RoleId"])
+        ):
             continue
         token = uuid.uuid4().hex
-        lease = registry.leases.take(record.key, token=token, now=clock.now(), seconds=HEAL_LEASE_SECONDS, limit=limit)
+        lease = registry.leases.take(
+            record.key, token=token, now=clock.now(), seconds=HEAL_LEASE_SECONDS, limit=limit
+        )
         if not lease.taken:
             logger.info("stale grant left to whoever holds it", key=record.key, lease=str(lease.state))
             continue

@@ -207,7 +207,9 @@ def _complete(
                 changes.append("trust")
         elif not trusts(current, spec.principals):
             statements = as_list(current.get("Statement"))
-            iam.update_trust(name, {"Version": "2012-10-17", "Statement": [*statements, spec.trust_statement]})
+            iam.update_trust(
+                name, {"Version": "2012-10-17", "Statement": [*statements, spec.trust_statement]}
+            )
             changes.append("trust statement added")
     if "policies" in aspects:
         if attached is None:

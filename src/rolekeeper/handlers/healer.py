@@ -64,7 +64,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
 def _drop(why: str, event: Any) -> dict[str, Any]:
     """Logged and dropped without raising: a retry would not make it any better."""
-    summary = {k: event.get(k) for k in ("id", "source", "detail-type", "account")} if isinstance(event, dict) else {}
+    summary = (
+        {k: event.get(k) for k in ("id", "source", "detail-type", "account")}
+        if isinstance(event, dict)
+        else {}
+    )
     logger.warning("event dropped", reason=why, event_summary=summary)
     metrics.add_metric(name="EventIgnored", unit="Count", value=1)
     return {"outcome": "dropped", "detail": why}

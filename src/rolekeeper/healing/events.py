@@ -35,7 +35,12 @@ def on_schedule(healer: Healer, *, account: str, event_id: str) -> dict[str, Any
             _record(result, "object")
     counts = Counter(str(r.outcome) for r in results)
     logger.info("reconcile finished", outcomes=dict(counts))
-    _to_org(healer, [(r, "object") for r in results if r.outcome != Outcome.HEALTHY], account, {"type": "schedule", "eventId": event_id})
+    _to_org(
+        healer,
+        [(r, "object") for r in results if r.outcome != Outcome.HEALTHY],
+        account,
+        {"type": "schedule", "eventId": event_id},
+    )
     failed = [r for r in results if r.outcome == Outcome.FAILED]
     if failed:
         notify(
@@ -56,7 +61,12 @@ def on_change(healer: Healer, change: CloudTrailEvent, *, account: str) -> dict[
     except Exception as error:
         # Lambda retries (twice), then FailureQueue: one event per failed attempt.
         name = detail.parameter("roleName") or detail.parameter("grantId") or ""
-        _to_org(healer, [(Result(Outcome.FAILED, name, f"{type(error).__name__}: {error}"), kind)], account, trigger)
+        _to_org(
+            healer,
+            [(Result(Outcome.FAILED, name, f"{type(error).__name__}: {error}"), kind)],
+            account,
+            trigger,
+        )
         raise
     _to_org(healer, [(result, kind)], account, trigger)
     return {"outcome": str(result.outcome), "target": result.name, "detail": result.detail}

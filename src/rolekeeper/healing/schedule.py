@@ -37,13 +37,17 @@ def reconcile_all(healer: Healer) -> list[Result]:
                     limit=healer.settings.heal_rate_limit,
                     healable_only=True,
                 )
-                results.append(Result(Outcome.HEALED, record.key, "grant made for a replaced grantee role", changes))
+                results.append(
+                    Result(Outcome.HEALED, record.key, "grant made for a replaced grantee role", changes)
+                )
             elif record.kind == Kind.GRANT:
                 key_arn = record.attrs["key_arn"]
                 if key_arn not in grants_by_key:
                     grants_by_key[key_arn] = kms.grant_ids(key_arn)
                 grant_id = record.attrs["grant_id"]
-                results.append(healer.heal_grant(grant_id, exists=grant_id in grants_by_key[key_arn], record=record))
+                results.append(
+                    healer.heal_grant(grant_id, exists=grant_id in grants_by_key[key_arn], record=record)
+                )
             else:
                 name = record.attrs.get("name") or record.key.split("#", 1)[1]
                 found = roles.get(name.lower())

@@ -139,7 +139,11 @@ class Healer:
             return Result(Outcome.HEALTHY, name)
         summary = ", ".join(problems)
         if self.reporting:
-            notify(self.settings.notification_topic_arn, f"rolekeeper would heal {name}", f"{name}: {summary} (HealMode report)")
+            notify(
+                self.settings.notification_topic_arn,
+                f"rolekeeper would heal {name}",
+                f"{name}: {summary} (HealMode report)",
+            )
             return Result(Outcome.REPORTED, name, summary)
 
         def still_damaged(held: Record) -> Actual | None:
@@ -157,6 +161,9 @@ class Healer:
             self.registry.leases.give_back(now_record.key, token=token, healed_at=self.clock.now())
             raise
         if isinstance(changes, Result):
+            # Let go while healing: the lease goes back where the item still is (a Delete
+            # waiting on it goes on).
+            self.registry.leases.give_back(now_record.key, token=token)
             return changes
         notify(
             self.settings.notification_topic_arn,
@@ -194,7 +201,11 @@ class Healer:
                     # the retry or the schedule to act on.
                     grantee = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id}
                     changes += grants.reissue_stale(
-                        self.registry, grantee, clock=clock, limit=self.settings.heal_rate_limit, healable_only=True
+                        self.registry,
+                        grantee,
+                        clock=clock,
+                        limit=self.settings.heal_rate_limit,
+                        healable_only=True,
                     )
             else:
                 desired = ownership.desired_of(record)
@@ -207,7 +218,9 @@ class Healer:
                     clock=clock,
                     created_role_id=ownership.created_role_id(record),
                     current=seen.role if seen is not None else UNREAD,
-                    attached=seen.attached if seen is not None and seen.role is not None and "policies" in aspects else None,
+                    attached=seen.attached
+                    if seen is not None and seen.role is not None and "policies" in aspects
+                    else None,
                     aspects=aspects if seen is not None and seen.role is not None else ASPECTS,
                 )
                 changes = list(outcome.changes)
@@ -226,7 +239,9 @@ class Healer:
 
         changes = run(objects, first.key, read=read, attempt=attempt, undo=undo, clock=clock, what=name)
         if released:
-            logger.warning("released while healing; what the heal made is taken back", target=name, why=released[-1])
+            logger.warning(
+                "released while healing; what the heal made is taken back", target=name, why=released[-1]
+            )
             return Result(Outcome.IGNORED, name, f"released while healing: {released[-1]}")
         return changes
 
@@ -236,7 +251,10 @@ class Healer:
         objects = self.objects
         try:
             if made.created:
-                taken = objects.begin_delete(first.key, f"heal:{token}", now=self.clock.now(), lease=token)
+                # absent_too: a last Delete that finished meanwhile left no record of the role.
+                taken = objects.begin_delete(
+                    first.key, f"heal:{token}", now=self.clock.now(), lease=token, absent_too=True
+                )
                 if taken is None:
                     return
                 if first.kind == Kind.SLR:
@@ -359,7 +377,9 @@ class Healer:
         grantee_name = record.spec().get("grantee_role_name", "")
         grantee = iam.get_role(grantee_name)
         if grantee is None:
-            return Result(Outcome.IGNORED, grant_id, f"{grantee_name} is missing; its heal re-issues the grant")
+            return Result(
+                Outcome.IGNORED, grant_id, f"{grantee_name} is missing; its heal re-issues the grant"
+            )
 
         def still_damaged(held: Record) -> Any:
             current = held.attrs.get("grant_id")

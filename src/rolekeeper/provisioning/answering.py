@@ -32,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rolekeeper.aws import clients, responses
 from rolekeeper.aws.registry import Delivery, Registry
 from rolekeeper.config import Settings
-from rolekeeper.domain.errors import AnsweredElsewhere, RolekeeperError
+from rolekeeper.domain.errors import AnsweredElsewhere, RolekeeperError, Unconfirmed
 from rolekeeper.domain.records import object_key
 from rolekeeper.domain.validation import validate
 from rolekeeper.observability import metrics
@@ -75,14 +75,18 @@ def malformed(event: Any) -> str | None:
     return None
 
 
-def body(event: dict[str, Any], status: str, *, reason: str = "", response: Response | None = None) -> dict[str, Any]:
+def body(
+    event: dict[str, Any], status: str, *, reason: str = "", response: Response | None = None
+) -> dict[str, Any]:
     """The response body: string attributes only, within 4096 bytes (the largest attributes are
     dropped first, logged), Reason at most 256 characters."""
     request_id = str(event.get("RequestId", ""))
     physical_id = (response.physical_id if response else "") or str(
         event.get("PhysicalResourceId") or f"rolekeeper-failed-{request_id[:36]}"
     )
-    data: dict[str, str] = {k: str(v) for k, v in (response.data if response and status == SUCCESS else {}).items()}
+    data: dict[str, str] = {
+        k: str(v) for k, v in (response.data if response and status == SUCCESS else {}).items()
+    }
     answer: dict[str, Any] = {
         "Status": status,
         "PhysicalResourceId": physical_id,
@@ -144,9 +148,11 @@ class Answering:
         problem = malformed(event)
         if problem is not None:
             logger.error("malformed request", problem=problem)
+            answer = body(
+                event if isinstance(event, dict) else {}, FAILED, reason=f"Malformed request: {problem}"
+            )
             if not isinstance(event, dict):
-                return None
-            answer = body(event, FAILED, reason=f"Malformed request: {problem}")
+                return answer  # nowhere to send it: the invocation's result is all there is
             url = event.get("ResponseURL")
             return _Invocation(self, event, context).deliver(answer, url if isinstance(url, str) else "")
         return _Invocation(self, event, context).run()
@@ -167,6 +173,7 @@ class _Invocation:
         self.lock = threading.Lock()
         self.sent: dict[str, Any] | None = None
         self.noted = False  # the request is noted in the registry (its answer is recorded there)
+        self.answer_written = False  # the work's last registry write carried the answer
         self.timer: threading.Timer | None = None
 
     # --- the request's life --------------------------------------------------------------------
@@ -186,7 +193,12 @@ class _Invocation:
                 )
         except Exception as error:
             # Refused before anything was written: the answer is not recorded either (a request
-            # nobody proved genuine leaves no trace in the registry).
+            # nobody proved genuine leaves no trace in the registry). A redelivery of a request
+            # answered before is refused too once CloudFormation moved on: it gets no second answer.
+            if isinstance(error, Unconfirmed) and self._answered_before():
+                logger.warning("request answered before (a redelivery); no second answer")
+                metrics.add_metric(name="RequestRedelivered", unit="Count", value=1)
+                return None
             return self._refused(error)
         delivery = self._note()
         if delivery.delivery in (Delivery.BUSY, Delivery.DONE):
@@ -225,6 +237,15 @@ class _Invocation:
             ),
         )
 
+    def _answered_before(self) -> bool:
+        if self.a.settings.sam_local or not self.request_id:
+            return False
+        try:
+            return self.a.registry.requests.known(self.request_id) != Delivery.NEW
+        except Exception:
+            logger.exception("could not read the request's record; answering it")
+            return False
+
     def _note(self) -> Any:
         from rolekeeper.aws.registry import Begun
 
@@ -250,10 +271,13 @@ class _Invocation:
         try:
             if request.request_type == "Delete":
                 response = self.a.delete(ctx, request)
+                metrics.add_metric(name="RequestSucceeded", unit="Count", value=1)
                 return self._decide(body(self.event, SUCCESS, response=response))
             response = self.a.converge(ctx, request)
             metrics.add_metric(name="RequestSucceeded", unit="Count", value=1)
-            return self._decide(body(self.event, SUCCESS, response=response))
+            answer = body(self.event, SUCCESS, response=response)
+            # Decided already when the answer went with the request's last registry write.
+            return answer if self.answer_written else self._decide(answer)
         except AnsweredElsewhere:
             logger.warning("the deadline answered first; what this request did is undone")
             return self._decide(body(self.event, FAILED, reason=OUT_OF_TIME))
@@ -265,6 +289,9 @@ class _Invocation:
         if not self.noted:
             return []
         answer = body(self.event, SUCCESS, response=response)
+        self.answer_written = (
+            True  # the write that carries it is the work's last: if it fails, so does the work
+        )
         return [self.a.registry.requests.answer_write(self.request_id, answer, now=self.a.clock.now())]
 
     def _decide(self, answer: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +357,9 @@ class _Invocation:
         status = self.a.sender(url, answer, self.a.clock.until(self.deadline - 0.5))
         if self.noted:
             try:
-                self.a.registry.requests.delivered(self.request_id, http_status=status, now=self.a.clock.now())
+                self.a.registry.requests.delivered(
+                    self.request_id, http_status=status, now=self.a.clock.now()
+                )
             except Exception:
                 logger.exception("could not note the answer as delivered")
         return answer

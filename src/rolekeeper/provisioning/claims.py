@@ -42,7 +42,12 @@ def _flag(value: bool) -> str:
 
 
 def role_data(outcome: RoleOutcome, created: bool) -> dict[str, str]:
-    data = {"RoleName": outcome.name, "Arn": outcome.arn, "RoleId": outcome.role_id, "Created": _flag(created)}
+    data = {
+        "RoleName": outcome.name,
+        "Arn": outcome.arn,
+        "RoleId": outcome.role_id,
+        "Created": _flag(created),
+    }
     if outcome.instance_profile_name and outcome.instance_profile_arn:
         data["InstanceProfileName"] = outcome.instance_profile_name
         data["InstanceProfileArn"] = outcome.instance_profile_arn
@@ -71,7 +76,9 @@ def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -
             made,
             clock=clock,
             created_role_id=created_role_id,
-            adoption_refusal=lambda role: ownership.adoption_refusal(spec, role, props.confused_deputy_protection),
+            adoption_refusal=lambda role: ownership.adoption_refusal(
+                spec, role, props.confused_deputy_protection
+            ),
         )
         if takes_away and not made.created:
             pruned = prune_role(
@@ -101,7 +108,9 @@ def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -
 
     def undo(made: Made) -> None:
         if made.created:
-            restore.take_back(ctx, request, key, spec.name, lambda: delete_created_role(spec.name, profile=made.profile))
+            restore.take_back(
+                ctx, request, key, spec.name, lambda: delete_created_role(spec.name, profile=made.profile)
+            )
         elif takes_away or made.added:
             restore.role(ctx, key, spec.name, extra_added=made.added)
 
@@ -174,7 +183,14 @@ def grant(ctx: Context, request: Request, props: SpotFleetKmsGrantProperties) ->
         grants.revoke_unheld(objects, spec.key_arn, created.grants, besides="")
 
     response = run(
-        objects, key, read=lambda: objects.read(key), attempt=attempt, undo=undo, clock=clock, also=ctx.answer, what=key
+        objects,
+        key,
+        read=lambda: objects.read(key),
+        attempt=attempt,
+        undo=undo,
+        clock=clock,
+        also=ctx.answer,
+        what=key,
     )
     logger.info("grant converged", key_arn=spec.key_arn, grant_id=outcome.grant_id)
     return response

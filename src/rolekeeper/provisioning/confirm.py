@@ -75,7 +75,9 @@ def confirm(
     object a physical id stands for (so an id spelled differently cannot pass for another one)."""
     resource = cloudformation.describe_resource(stack_id, logical_id)
     if not resource:
-        raise Unconfirmed(f"CloudFormation knows no resource {logical_id} in that stack; request not confirmed")
+        raise Unconfirmed(
+            f"CloudFormation knows no resource {logical_id} in that stack; request not confirmed"
+        )
     status = resource.get("ResourceStatus", "")
     current = resource.get("PhysicalResourceId")
     if resource.get("ResourceType") != resource_type:

@@ -43,7 +43,11 @@ def role(ctx: Context, request: Request, name: str, physical_id: str) -> None:
     try:
         if claim.on_delete == "Delete" and _delete_if_last(ctx, request, key, name):
             return
-        if released is not None and released.kind == Kind.ROLE and any(c.sk != claim.sk for c in released.claims):
+        if (
+            released is not None
+            and released.kind == Kind.ROLE
+            and any(c.sk != claim.sk for c in released.claims)
+        ):
             restore.role(ctx, key, name, put_back=False)  # take away what only this claim wanted
         else:
             logger.info("claim released; role retained", role_name=name)
@@ -66,20 +70,30 @@ def grant(ctx: Context, request: Request, physical_id: str) -> None:
         if taken is None:
             logger.info("grant record held by another claim; kept", physical_id=physical_id)
             return
-        key_arn, original = physical_id.rsplit("#", 1)
-        current = taken.attrs.get("grant_id", original)
-        for grant_id in dict.fromkeys((current, original)):
-            # A record never shares its grant with another (claims.py answers the old physical
-            # id for the same grant); one written by 0.1.0 may, and keeps it (a consistent read).
-            if grants.held_by_another(objects, key_arn, grant_id, besides=key):
-                logger.info("grant still held under another physical id; kept", grant_id=grant_id)
-                continue
-            revoked = kms.revoke_grant(key_arn, grant_id)
-            logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
+        try:
+            _revoke(ctx, key, physical_id, taken)
+        except Exception:
+            objects.abort_delete(key, request.token)
+            raise
         objects.finish_delete(key, request.token)
     except Exception:
         _put_back(ctx, key, claim)
         raise
+
+
+def _revoke(ctx: Context, key: str, physical_id: str, taken: Record) -> None:
+    """Revoke the grant the record names now and the one its physical id names (a heal may have
+    re-issued it since)."""
+    key_arn, original = physical_id.rsplit("#", 1)
+    current = taken.attrs.get("grant_id", original)
+    for grant_id in dict.fromkeys((current, original)):
+        # A record never shares its grant with another (claims.py answers the old physical id for
+        # the same grant); one written by 0.1.0 may, and keeps it (a consistent read decides).
+        if grants.held_by_another(ctx.registry.objects, key_arn, grant_id, besides=key):
+            logger.info("grant still held under another physical id; kept", grant_id=grant_id)
+            continue
+        revoked = kms.revoke_grant(key_arn, grant_id)
+        logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
 
 
 def _release(ctx: Context, key: str, name: str, claim: Claim) -> Record | None:
@@ -90,7 +104,9 @@ def _release(ctx: Context, key: str, name: str, claim: Claim) -> Record | None:
     def attempt(record: Record | None, _made: Made) -> Plan[Record | None]:
         if record is None or record.claim_of(claim.sk) is None:
             return Plan(None)  # released by an earlier attempt whose answer was lost
-        return Plan(record, Fence(record, exact=False, lease_free=True), Change(kind=record.kind, release=claim))
+        return Plan(
+            record, Fence(record, exact=False, lease_free=True), Change(kind=record.kind, release=claim)
+        )
 
     def read() -> Record | None:
         record = objects.read(key)

@@ -53,7 +53,12 @@ def take_back(ctx: Context, request: Request, key: str, name: str, remove: Calla
 
 
 def role(
-    ctx: Context, key: str, name: str, *, extra_added: set[str] | frozenset[str] = frozenset(), put_back: bool = True
+    ctx: Context,
+    key: str,
+    name: str,
+    *,
+    extra_added: set[str] | frozenset[str] = frozenset(),
+    put_back: bool = True,
 ) -> list[str]:
     """Converge a role to what its claims as registered want: take away what no claim wants any
     more (a released claim's pieces; extra_added: pieces an unfinished request added, which no
@@ -110,7 +115,9 @@ def role(
             what=name,
         )
     except Exception:
-        logger.exception("role not converged back; the next request or the schedule converges it", role_name=name)
+        logger.exception(
+            "role not converged back; the next request or the schedule converges it", role_name=name
+        )
         return []
     logger.info("role converged to its claims", role_name=name, changes=changes)
     return changes

@@ -26,7 +26,11 @@ def converge(ctx: Context, request: Request) -> Response:
             grantee = {k: response.data[k] for k in ("RoleName", "Arn", "RoleId")}
             try:
                 response.changes += reissue_stale(
-                    ctx.registry, grantee, clock=ctx.clock, limit=ctx.settings.heal_rate_limit, healable_only=False
+                    ctx.registry,
+                    grantee,
+                    clock=ctx.clock,
+                    limit=ctx.settings.heal_rate_limit,
+                    healable_only=False,
                 )
             except Exception:
                 logger.exception("stale grants not re-issued; the scheduled reconcile re-issues them")

@@ -31,7 +31,9 @@ def settled(objects: Objects, key: str, name: str, clock: Clock) -> Record | Non
             record = objects.read(key)
             if record is None or not record.deleting:
                 return record
-    raise RetryLater(f"{name} is being deleted by another stack's request; retry the stack operation in a few minutes")
+    raise RetryLater(
+        f"{name} is being deleted by another stack's request; retry the stack operation in a few minutes"
+    )
 
 
 def settle(objects: Objects, record: Record, name: str, clock: Clock) -> bool:
@@ -47,7 +49,11 @@ def settle(objects: Objects, record: Record, name: str, clock: Clock) -> bool:
     if record.kind == Kind.ROLE and iam.get_role(name) is None:
         # The role is deleted; its deleter's last step (removing the item) is missing.
         return objects.drop(record)
-    if record.kind != Kind.SLR and record.deleting_since and clock.now() - record.deleting_since > DELETING_STALE_SECONDS:
+    if (
+        record.kind != Kind.SLR
+        and record.deleting_since
+        and clock.now() - record.deleting_since > DELETING_STALE_SECONDS
+    ):
         # Its deleter died before deleting the object (it would have finished within its own
         # timeout): the object is present again, unclaimed.
         objects.abort_delete(record.key, record.deleting_by)

@@ -80,6 +80,15 @@ class Requests:
         answer = decode_item(item).get("answer")
         return Begun(Delivery.RESUME, dict(answer)) if isinstance(answer, dict) else Begun(Delivery.NEW)
 
+    def known(self, request_id: str) -> Delivery:
+        """What the registry says of a request (a consistent read, no write): DONE when answered
+        (or its answer decided), BUSY while an invocation works on it, NEW when never noted."""
+        items = self.table.partition(f"REQUEST#{request_id}")
+        item = decode_item(items[0]) if items else {}
+        if "answered_at" in item or "answer" in item:
+            return Delivery.DONE
+        return Delivery.BUSY if item else Delivery.NEW
+
     def answer_write(self, request_id: str, answer: Mapping[str, Any], *, now: float) -> Write:
         """The answer, decided: one item of the request's last registry transaction, which it
         cancels when another answer (the deadline's FAILED) was decided first."""
