@@ -107,11 +107,12 @@ def test_bad_input_is_answered_failed_before_any_aws_call(no_aws, sent, context,
 def test_a_long_reason_is_cut_to_256_keeping_the_start(no_aws, sent, context):
     from rolekeeper.handlers.custom_resource import lambda_handler
 
-    event = load("role-ecs-instance-create.json", **{f"Unknown{i:03d}": "x" for i in range(40)})
+    wrong = {"Blueprint": "nope", "Heal": "maybe", "OnDelete": "Keep", "Path": "x", "Tags": "team"}
+    event = load("role-ecs-instance-create.json", **wrong)
     response = lambda_handler(event, context)
     assert response["Status"] == "FAILED"
-    assert len(response["Reason"]) <= 256
-    assert response["Reason"].startswith("Unknown000 is not a known property")
+    assert len(response["Reason"]) == 256
+    assert response["Reason"].startswith("Blueprint must be one of spot-fleet-tagging, ecs-instance")
     assert no_aws == []
 
 

@@ -129,12 +129,12 @@ def test_unknown_property_is_named(resource_type):
 )
 def test_missing_required_property_is_named(resource_type, required):
     reason = refused(resource_type, {"ServiceToken": TOKEN})
-    assert reason == f"{required} is required"
+    assert reason.startswith(f"{required} is required, e.g. {required}: ")
 
 
 @pytest.mark.parametrize("properties", [None, {}])
 def test_absent_properties_report_the_required_one(properties):
-    assert refused(SLR, properties) == "AWSServiceName is required"
+    assert refused(SLR, properties) == "AWSServiceName is required, e.g. AWSServiceName: spotfleet.amazonaws.com"
 
 
 @pytest.mark.parametrize("properties", ["AWSServiceName=spot.amazonaws.com", ["AWSServiceName"], 5])
