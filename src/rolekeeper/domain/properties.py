@@ -326,7 +326,7 @@ def where(loc: Loc) -> str:
 
 def _shown(name: object, limit: int = 40) -> str:
     """A name from the request as it may be shown: one line, at most limit characters."""
-    text = " ".join(str(name).split())
+    text = " ".join(str(name).split()) or repr(str(name))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -62,12 +62,12 @@ def linked_role_problems(props: ServiceLinkedRoleProperties, settings: Settings)
     found = []
     allowed = settings.allowed_service_names
     if props.aws_service_name not in allowed:
-        listed = ", ".join(sorted(allowed)) or "empty: none allowed"
+        listed = ", ".join(sorted(allowed)) or "none: it is empty"
         found.append(
             Problem(
                 ("AWSServiceName",),
-                f"AWSServiceName {props.aws_service_name} is not allowed by this stack (AllowedServiceNames: "
-                f"{listed}): use one of those, or deploy rolekeeper with it in that parameter",
+                f"AWSServiceName {props.aws_service_name} is not allowed by this stack: use one of {listed} "
+                "(template parameter AllowedServiceNames), or deploy rolekeeper with it in that parameter",
             )
         )
     if props.custom_suffix and not LINKED_SERVICES[props.aws_service_name].accepts_suffix:
@@ -158,14 +158,14 @@ def role_problems(props: ServiceRoleProperties, settings: Settings, scope: Scope
         )
     elif props.managed_policy_arns:
         allowed = settings.allowed_managed_policy_arns
-        listed = ", ".join(sorted(allowed)) or "empty: no policy allowed"
+        listed = ", ".join(sorted(allowed)) or "empty"
         for index, arn in enumerate(props.managed_policy_arns):
             if arn not in allowed:
                 found.append(
                     Problem(
                         ("ManagedPolicyArns", index),
-                        f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns ({listed}): remove "
-                        "it, or deploy rolekeeper with it in that parameter",
+                        f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns: remove it, or deploy "
+                        f"rolekeeper with it in that parameter (now: {listed})",
                     )
                 )
     policies: list[tuple[Loc, str]] = [
@@ -210,7 +210,7 @@ def check_tags(props: ServiceRoleProperties, settings: Settings) -> None:
 
 def tag_problems(props: ServiceRoleProperties, settings: Settings) -> list[Problem]:
     allowed = {k.lower() for k in settings.allowed_tag_keys}
-    listed = ", ".join(sorted(settings.allowed_tag_keys)) or "empty: no tags allowed"
+    listed = ", ".join(sorted(settings.allowed_tag_keys)) or "empty"
     found = []
     for index, tag in enumerate(props.tags):
         at: Loc = ("Tags", index, "Key")
@@ -222,8 +222,8 @@ def tag_problems(props: ServiceRoleProperties, settings: Settings) -> list[Probl
             found.append(
                 Problem(
                     at,
-                    f"Tags: key {tag.key} is not in AllowedTagKeys ({listed}): remove the tag, or deploy "
-                    f"rolekeeper with {tag.key} in that parameter",
+                    f"Tags: key {tag.key} is not in AllowedTagKeys: remove the tag, or deploy rolekeeper "
+                    f"with {tag.key} in that parameter (now: {listed})",
                 )
             )
     return found
