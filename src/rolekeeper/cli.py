@@ -483,7 +483,7 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"rolekeeper validate: {path}: {error}", file=sys.stderr)
             unreadable = True
             continue
-        for finding in sorted(findings(text, parameters, args.region), key=lambda f: f.line):
+        for finding in findings(text, parameters, args.region):
             print(f"{path}:{finding}")
             count += 1
     print(

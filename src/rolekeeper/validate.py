@@ -14,7 +14,7 @@ Reason the function would answer. What differs is only what a template can know 
 
 Used by `rolekeeper validate` (cli.py) and the cfn-lint rule (cfnlint_rules.py); `findings`
 takes a template's text (YAML or JSON, whole or a fragment of Resources) and returns findings
-with line numbers. PyYAML is needed for text (cfn-lint brings it); nothing here calls AWS.
+with line numbers, in line order. PyYAML is needed for text (cfn-lint brings it); nothing here calls AWS.
 """
 
 from __future__ import annotations
@@ -423,7 +423,8 @@ def findings(
         ]
     if root is None:
         return []
-    return [
+    found = [
         Finding(f.path, f.message, f.resource, _line(root, f.path))
         for f in check_template(data, parameters, region)
     ]
+    return sorted(found, key=lambda f: f.line)
