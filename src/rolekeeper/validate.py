@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import difflib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -333,10 +332,22 @@ def check_template(
 
 
 def _looks_like_ours(kind: str) -> bool:
-    """A misspelt rolekeeper type (Custom::ServiceLinkedRoles); other custom types are someone else's."""
-    return kind.startswith("Custom::") and bool(
-        difflib.get_close_matches(kind, RESOURCE_TYPES, n=1, cutoff=0.9)
-    )
+    """A misspelt rolekeeper type (Custom::ServiceLinkedRoles, custom::servicerole): the same but
+    for case or one character. Other custom types (Custom::ServiceRoleV2) are someone else's."""
+    return any(kind.lower() == ours.lower() or _one_edit(kind, ours) for ours in RESOURCE_TYPES)
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """a becomes b by inserting, deleting or replacing one character."""
+    if a == b:
+        return False
+    if len(a) < len(b):
+        a, b = b, a
+    if len(a) - len(b) > 1:
+        return False
+    start = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(b))
+    rest = a[start + 1 :]
+    return rest == b[start + 1 :] if len(a) == len(b) else rest == b[start:]
 
 
 @cache

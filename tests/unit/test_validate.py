@@ -427,3 +427,25 @@ def test_reasons_name_only_template_parameters_that_exist() -> None:
         "ApplicationRoleNamePrefix",
     }
     assert named <= set(template_yaml()["Parameters"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "flagged"),
+    [
+        ("Custom::ServiceRoles", True),
+        ("custom::servicerole", True),
+        ("Custom::ServiseRole", True),
+        ("Custom::SpotFleetKmsGrants", True),
+        ("Custom::ServiceRoleV2", False),
+        ("Custom::RoleKeeper", False),
+        ("AWS::IAM::ServiceLinkedRole", False),
+    ],
+)
+def test_a_misspelt_rolekeeper_type_is_a_finding_and_other_types_are_left_alone(
+    kind: str, flagged: bool
+) -> None:
+    template = {"Resources": {"R": {"Type": kind, "Properties": {"Blueprint": "ecs"}}}}
+    found = check_template(template)
+    assert [f.message.startswith(f"ResourceType {kind!r} is not served here") for f in found] == (
+        [True] if flagged else []
+    )

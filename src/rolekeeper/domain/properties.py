@@ -462,8 +462,8 @@ def reason(found: Sequence[Problem]) -> str:
 
 def _unknown_name(problem: Problem) -> str:
     text = where((*problem.where[:-1], _shown(problem.where[-1])))
-    hint = problem.message.partition(": did you mean ")[2].partition("?")[0]
-    return f"{text} (did you mean {hint}?)" if hint else text
+    guess = _suggestion(problem.where[-1], (problem.known or "").split(", "))
+    return f"{text} (did you mean {guess}?)" if guess else text
 
 
 def describe(error: ValidationError, model: type[BaseModel]) -> str:
@@ -474,8 +474,9 @@ def describe(error: ValidationError, model: type[BaseModel]) -> str:
 def model_for(resource_type: str) -> type[Properties]:
     model = RESOURCE_TYPES.get(resource_type)
     if model is None:
+        shown = repr(resource_type) if len(resource_type) <= 80 else repr(resource_type[:77]) + "..."
         raise InvalidRequest(
-            f"ResourceType {resource_type!r} is not served here: use one of {', '.join(RESOURCE_TYPES)}"
+            f"ResourceType {shown} is not served here: use one of {', '.join(RESOURCE_TYPES)}"
         )
     return model
 
