@@ -710,14 +710,14 @@ def test_a_trailing_newline_is_refused(corpus, base, name, value):
         (
             "ecs",
             {"Tags": [{"Key": "colour", "Value": "red"}]},
-            "Tags: key colour is not in AllowedTagKeys: remove the tag, or deploy rolekeeper with colour in "
-            "that parameter (now: a, app, cost-center, env, owner, team)",
+            "Tags: key colour is not in AllowedTagKeys: remove the tag or add the key to that parameter "
+            "(now: a, app, cost-center, env, owner, team)",
         ),
         (
             "app",
             {"ManagedPolicyArns": ["arn:aws:iam::aws:policy/AdministratorAccess"]},
             "ManagedPolicyArns: arn:aws:iam::aws:policy/AdministratorAccess is not in AllowedManagedPolicyArns: "
-            "remove it, or deploy rolekeeper with it in that parameter (now: "
+            "remove it or add it to that parameter (now: "
             "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore, arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy)",
         ),
         ("slr", {"OnDelete": "Keep"}, "OnDelete must be Retain or Delete, e.g. OnDelete: Retain"),

@@ -62,12 +62,12 @@ def linked_role_problems(props: ServiceLinkedRoleProperties, settings: Settings)
     found = []
     allowed = settings.allowed_service_names
     if props.aws_service_name not in allowed:
-        listed = ", ".join(sorted(allowed)) or "none: it is empty"
+        choices = f"use one of {', '.join(sorted(allowed))}, or " if allowed else ""
         found.append(
             Problem(
                 ("AWSServiceName",),
-                f"AWSServiceName {props.aws_service_name} is not allowed by this stack: use one of {listed} "
-                "(template parameter AllowedServiceNames), or deploy rolekeeper with it in that parameter",
+                f"AWSServiceName {props.aws_service_name} is not allowed by this stack: {choices}add it to "
+                "the template parameter AllowedServiceNames",
             )
         )
     if props.custom_suffix and not LINKED_SERVICES[props.aws_service_name].accepts_suffix:
@@ -164,8 +164,8 @@ def role_problems(props: ServiceRoleProperties, settings: Settings, scope: Scope
                 found.append(
                     Problem(
                         ("ManagedPolicyArns", index),
-                        f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns: remove it, or deploy "
-                        f"rolekeeper with it in that parameter (now: {listed})",
+                        f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns: remove it or add it "
+                        f"to that parameter (now: {listed})",
                     )
                 )
     policies: list[tuple[Loc, str]] = [
@@ -222,8 +222,8 @@ def tag_problems(props: ServiceRoleProperties, settings: Settings) -> list[Probl
             found.append(
                 Problem(
                     at,
-                    f"Tags: key {tag.key} is not in AllowedTagKeys: remove the tag, or deploy rolekeeper "
-                    f"with {tag.key} in that parameter (now: {listed})",
+                    f"Tags: key {tag.key} is not in AllowedTagKeys: remove the tag or add the key to that "
+                    f"parameter (now: {listed})",
                 )
             )
     return found
