@@ -193,7 +193,8 @@ class CustomResource(CfnResource):
         if not _url_allowed(event["ResponseURL"]):
             return "ResponseURL must be an https URL"
         if event["RequestType"] != "Create" and not isinstance(event.get("PhysicalResourceId"), str):
-            return f"a {event['RequestType']} request must carry PhysicalResourceId"
+            article = "an" if event["RequestType"] == "Update" else "a"
+            return f"{article} {event['RequestType']} request must carry PhysicalResourceId"
         if not isinstance(event.get("ResourceProperties", {}), dict):
             return "ResourceProperties must be an object"
         return None

@@ -467,6 +467,20 @@ def test_a_malformed_event_gets_a_failed_response_naming_the_problem(real_env, b
         assert sender.calls == []  # no https URL to answer: nothing is sent anywhere
 
 
+@pytest.mark.parametrize(
+    ("request_type", "reason"),
+    [
+        ("Update", "Malformed request: an Update request must carry PhysicalResourceId"),
+        ("Delete", "Malformed request: a Delete request must carry PhysicalResourceId"),
+    ],
+)
+def test_a_request_without_physical_id_is_refused_in_plain_english(real_env, request_type, reason):
+    helper = resource(Sender())
+    helper(_without("PhysicalResourceId", "slr-update.json") | {"RequestType": request_type}, Context())
+    assert helper.last_response is not None
+    assert helper.last_response["Reason"] == reason
+
+
 def test_a_malformed_event_never_reuses_the_previous_response_url(real_env):
     sender = Sender()
     helper = resource(sender)
