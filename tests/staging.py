@@ -16,13 +16,10 @@ functions.
   Every call a labelled invocation makes is logged in order (Stage.calls), with whether it
   succeeded, so a test can check an order (what was created after what was released).
 - Killed: raised in an invocation at a chosen call: the environment is frozen or ended by Lambda
-  and never resumes (a BaseException, which neither rolekeeper nor crhelper catch).
+  and never resumes (a BaseException, which rolekeeper does not catch).
 - Deadline: every threading.Timer made while it is installed is held until the test fires it, so
-  "the deadline passes here" is a chosen moment rather than a race against the clock (crhelper's
-  timeout timer and rolekeeper's are threading.Timer objects).
-- returns_to_crhelper: the moment the function registered with crhelper (@helper.create/update/
-  delete, its public surface) returns its physical id to crhelper, before crhelper sends the
-  answer: the one moment of a request that no AWS call marks.
+  "the deadline passes here" is a chosen moment rather than a race against the clock (rolekeeper's
+  deadline timer is a threading.Timer).
 """
 
 from __future__ import annotations
@@ -142,7 +139,7 @@ class Stage:
 
     def run(self, label: str, body: Callable[[], Any], *, profile: Any = None) -> Outcome:
         """Run one invocation in a thread of its own labelled `label` and wait for it (bounded).
-        profile: a sys.setprofile function for that thread (see returns_to_crhelper)."""
+        profile: a sys.setprofile function for that thread."""
         outcome = Outcome(label)
 
         def main() -> None:
@@ -308,28 +305,3 @@ class Deadline:
                 raise Stuck(f"the deadline's timer did not finish within {timeout:.0f} s")
         self.fired += len(due)
         return len(due)
-
-
-def returns_to_crhelper(action: Callable[[], None]) -> Callable[[FrameType, str, Any], None]:
-    """A sys.setprofile function that runs action() once, when a function of rolekeeper's called by
-    crhelper (the one registered with @helper.create/update/delete) returns to crhelper: the work
-    is done and crhelper is about to send the answer."""
-    from crhelper import CfnResource
-
-    done: list[bool] = []
-
-    def profile(frame: FrameType, event: str, _arg: Any) -> None:
-        if done or event != "return":
-            return
-        caller = frame.f_back
-        if caller is None or not str(caller.f_globals.get("__name__", "")).startswith("crhelper"):
-            return
-        if not str(frame.f_globals.get("__name__", "")).startswith("rolekeeper"):
-            return
-        if isinstance(frame.f_locals.get("self"), CfnResource):
-            return  # one of crhelper's own hooks (overridden in rolekeeper), not the registered function
-        done.append(True)
-        sys.setprofile(None)  # the rest of the invocation runs at full speed
-        action()
-
-    return profile

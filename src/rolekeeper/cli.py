@@ -458,6 +458,54 @@ def run_guardrail(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_validate_command(commands: Any) -> None:
+    """`rolekeeper validate TEMPLATE...`: what the function would refuse, before deploy (no AWS call)."""
+    check = commands.add_parser(
+        "validate",
+        help="check templates' rolekeeper resources as the function would (exit 1: findings)",
+        description="Each finding: file:line: resource: the Reason the function would answer. "
+        "The deployment's parameters: these options, else the template's Metadata (rolekeeper:), "
+        "else rolekeeper's defaults.",
+    )
+    check.add_argument("templates", nargs="+", metavar="TEMPLATE", help="YAML or JSON template")
+    for option, name, what in (
+        ("--allowed-service-names", "AllowedServiceNames", "comma-separated"),
+        ("--allowed-managed-policy-arns", "AllowedManagedPolicyArns", "comma-separated"),
+        ("--application-role-name-prefix", "ApplicationRoleNamePrefix", "e.g. app-"),
+        ("--allowed-tag-keys", "AllowedTagKeys", "comma-separated"),
+    ):
+        check.add_argument(option, dest=name, metavar="VALUE", help=f"the deployment's {name} ({what})")
+    check.add_argument(
+        "--region", default="us-east-1", help="where it deploys (its partition; default us-east-1)"
+    )
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    try:
+        from rolekeeper.validate import DEFAULTS, findings
+    except ImportError as error:  # PyYAML: cfn-lint brings it, or pip install pyyaml
+        print(f"rolekeeper validate: {error}; install PyYAML (pip install pyyaml)", file=sys.stderr)
+        return 2
+    parameters = {name: getattr(args, name) for name in DEFAULTS if getattr(args, name) is not None}
+    count, unreadable = 0, False
+    for path in args.templates:
+        try:
+            with open(path, encoding="utf-8") as template:
+                text = template.read()
+        except (OSError, UnicodeDecodeError) as error:
+            print(f"rolekeeper validate: {path}: {error}", file=sys.stderr)
+            unreadable = True
+            continue
+        for finding in findings(text, parameters, args.region):
+            print(f"{path}:{finding}")
+            count += 1
+    print(
+        f"rolekeeper validate: {count} finding{'s' if count != 1 else ''} in {len(args.templates)} template(s)",
+        file=sys.stderr,
+    )
+    return 2 if unreadable else 1 if count else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rolekeeper", description="rolekeeper operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -467,9 +515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--json", action="store_true", help="machine-readable output, every attribute")
     show.add_argument("--no-drift", action="store_true", help="registry only; no IAM or KMS reads")
     add_guardrail_command(commands)
+    add_validate_command(commands)
     args = parser.parse_args(argv)
     if args.command == "guardrail":
         return run_guardrail(args)
+    if args.command == "validate":
+        return run_validate(args)
     try:
         table = args.table or os.environ.get("REGISTRY_TABLE_NAME") or table_from_stack(args.stack)
         entries = status(table, check_drift=not args.no_drift)

@@ -558,7 +558,21 @@ def _with_key(value: Any, key_arn: str) -> Any:
     return value.replace(KEY, key_arn) if isinstance(value, str) else value
 
 
-def check(corpus: Corpus, case: Case) -> None:
+# pydantic's own words ("Input should be a valid tuple", "... after validation, not 5000"): no
+# template author can act on them; a Reason says what the property must look like instead.
+PYDANTIC_WORDS = (
+    "input should",
+    "after validation",
+    "valid tuple",
+    "valid dictionary",
+    "value error",
+    "should have",
+)
+# Ways of breaking one property whose Reason must give an example of the right form.
+SHAPE_PROBLEMS = ("wrong-type", "oversize", "unicode", "newline", "missing")
+
+
+def check(corpus: Corpus, case: Case) -> dict[str, Any]:
     from rolekeeper.handlers.custom_resource import lambda_handler
 
     request = _with_key(case.event, corpus.key_arn)
@@ -589,8 +603,12 @@ def check(corpus: Corpus, case: Case) -> None:
     reason = response["Reason"]
     assert reason and len(reason) <= 256, f"{case.why}: Reason of {len(reason)} characters"
     assert any(word in reason for word in case.expect), f"{case.why}: {reason!r} names none of {case.expect}"
+    assert not [w for w in PYDANTIC_WORDS if w in reason.lower()], f"{case.why}: {reason!r}"
+    if case.why.split()[0] in BASES and case.why.split()[-1] in SHAPE_PROBLEMS:
+        assert any(w in reason for w in ("e.g. ", "not a known property", "not known properties")), reason
     assert response["Data"] == {}
     assert after == before, f"{case.why}: something was created"
+    return response
 
 
 SETTINGS = settings(deadline=None, suppress_health_check=list(HealthCheck))
@@ -661,3 +679,74 @@ def test_a_trailing_newline_is_refused(corpus, base, name, value):
     )
     props = {**copy.deepcopy(valid), name: value}
     check(corpus, Case(_event(resource_type, props, "Create"), (name,), f"{base} {name} newline"))
+
+
+@pytest.mark.parametrize(
+    ("base", "props", "reason"),
+    [
+        (
+            "ecs",
+            {"Tags": {"team": "platform"}},
+            "Tags must be a list of at most 50 {Key, Value} pairs, e.g. Tags: [{Key: team, Value: platform}]",
+        ),
+        (
+            "ecs",
+            {"Tags": [{"Key": "team", "Value": f"v{i}"} for i in range(5000)]},
+            "Tags must be a list of at most 50 {Key, Value} pairs (5,000 given), e.g. Tags: [{Key: team, Value: platform}]",
+        ),
+        (
+            "app",
+            {"RoleName": "Admin"},
+            "RoleName Admin is not allowed by this stack: use a name starting with app- (the template "
+            "parameter ApplicationRoleNamePrefix), e.g. RoleName: app-web",
+        ),
+        (
+            "ecs",
+            {"RoleName": "OrganizationAccountAccessRole"},
+            "RoleName OrganizationAccountAccessRole is not allowed by this stack: use a name starting with app- "
+            "(the template parameter ApplicationRoleNamePrefix), or the documented name ecsInstanceRole, "
+            "e.g. RoleName: app-web",
+        ),
+        (
+            "ecs",
+            {"Tags": [{"Key": "colour", "Value": "red"}]},
+            "Tags: key colour is not in AllowedTagKeys: remove the tag or add the key to that parameter "
+            "(now: a, app, cost-center, env, owner, team)",
+        ),
+        (
+            "app",
+            {"ManagedPolicyArns": ["arn:aws:iam::aws:policy/AdministratorAccess"]},
+            "ManagedPolicyArns: arn:aws:iam::aws:policy/AdministratorAccess is not in AllowedManagedPolicyArns: "
+            "remove it or add it to that parameter (now: "
+            "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore, arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy)",
+        ),
+        ("slr", {"OnDelete": "Keep"}, "OnDelete must be Retain or Delete, e.g. OnDelete: Retain"),
+    ],
+)
+def test_cited_reasons_are_in_the_users_words(corpus, base, props, reason):
+    """Issue 17's Reasons, as the function answers them: what the property must look like, with an
+    example, naming only template parameters that exist (ApplicationRoleNamePrefix, not AllowedRoleNames)."""
+    from rolekeeper.cfn import short_reason
+
+    resource_type, valid = BASES[base]
+    case = Case(
+        _event(resource_type, {**copy.deepcopy(valid), **props}, "Create"), tuple(props), f"{base} cited"
+    )
+    assert check(corpus, case)["Reason"] == short_reason(reason)  # CloudFormation keeps 256 characters
+
+
+def test_a_typo_in_a_required_property_is_answered_with_the_fix(corpus):
+    case = Case(
+        _event("Custom::ServiceLinkedRole", {"AwsServiceName": "spot.amazonaws.com"}, "Create"), ("",), "typo"
+    )
+    assert check(corpus, case)["Reason"] == (
+        "AwsServiceName is not a known property: did you mean AWSServiceName? "
+        "(known: AWSServiceName, CustomSuffix, Description, OnDelete, Heal)"
+    )
+
+
+def test_an_update_without_physical_id_is_refused_in_plain_english(corpus):
+    event = _event("Custom::ServiceLinkedRole", copy.deepcopy(BASES["slr"][1]), "Update")
+    event.pop("PhysicalResourceId")
+    reason = check(corpus, Case(event, ("Malformed request",), "envelope physical-id"))["Reason"]
+    assert reason == "Malformed request: an Update request must carry PhysicalResourceId"

@@ -191,7 +191,7 @@ def test_docs_show_every_resource_type_in_a_checked_snippet() -> None:
             "R:\n  Type: Custom::ServiceRole\n  Properties:\n    ServiceToken: x\n    BluePrint: ecs-instance\n",
             [
                 "line 1: R: Blueprint is required",
-                "line 5: R: BluePrint is not a known property (known: Blueprint,",
+                "line 5: R: BluePrint is not a known property: did you mean Blueprint? (known: Blueprint,",
             ],
         ),
         (
@@ -211,7 +211,7 @@ def test_docs_show_every_resource_type_in_a_checked_snippet() -> None:
         (
             "R:\n  Type: Custom::SpotFleetKmsGrant\n  Properties:\n    ServiceToken: !Ref T\n"
             "    KeyId: !GetAtt Key.Arn\n    Operations: [Decrypt, Dance]\n",
-            ["line 6: R: Operations unknown operation 'Dance'"],
+            ["line 6: R: Operations must be KMS grant operations (Dance is not one)"],
         ),
         (
             "R:\n  Type: Custom::SpotFleetKmsGrant\n  Properties:\n    ServiceToken: {Ref: T}\n"

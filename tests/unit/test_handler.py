@@ -107,11 +107,34 @@ def test_bad_input_is_answered_failed_before_any_aws_call(no_aws, sent, context,
 def test_a_long_reason_is_cut_to_256_keeping_the_start(no_aws, sent, context):
     from rolekeeper.handlers.custom_resource import lambda_handler
 
-    event = load("role-ecs-instance-create.json", **{f"Unknown{i:03d}": "x" for i in range(40)})
+    wrong = {"Blueprint": "nope", "Heal": "maybe", "OnDelete": "Keep", "Path": "x", "Tags": "team"}
+    event = load("role-ecs-instance-create.json", **wrong)
     response = lambda_handler(event, context)
     assert response["Status"] == "FAILED"
-    assert len(response["Reason"]) <= 256
-    assert response["Reason"].startswith("Unknown000 is not a known property")
+    assert len(response["Reason"]) == 256
+    assert response["Reason"].startswith("Blueprint must be one of spot-fleet-tagging, ecs-instance")
+    assert no_aws == []
+
+
+def test_unknown_properties_are_logged_once_each_with_the_known_list_once(no_aws, sent, context, caplog):
+    """2,000 unknown properties once made a 354 KB log line: the known list repeated per key."""
+    from rolekeeper.handlers.custom_resource import lambda_handler
+    from rolekeeper.observability import logger
+
+    caplog.set_level(logging.INFO, logger="rolekeeper")
+    event = load("role-ecs-instance-create.json", **{f"Unknown{i:04d}": "x" for i in range(2000)})
+    response = lambda_handler(event, context)
+    assert response["Reason"] == (
+        "Unknown0000, Unknown0001, Unknown0002, Unknown0003, Unknown0004 and 1,995 more are not known "
+        "properties (known: Blueprint, RoleName, Path, ManagedPolicyArns, InstanceProfile, "
+        "ConfusedDeputyProtection, PermissionsBoundary, Tags, OnDelete, Heal)"
+    )
+    # Each record as Powertools writes it to CloudWatch Logs: one JSON line.
+    lines = [logger.registered_formatter.format(r) for r in caplog.records if r.name.startswith("rolekeeper")]
+    refused = [line for line in lines if '"request refused"' in line]
+    assert len(refused) == 1
+    assert refused[0].count("known:") == 1
+    assert max(len(line) for line in lines) < 2000
     assert no_aws == []
 
 

@@ -129,12 +129,14 @@ def test_unknown_property_is_named(resource_type):
 )
 def test_missing_required_property_is_named(resource_type, required):
     reason = refused(resource_type, {"ServiceToken": TOKEN})
-    assert reason == f"{required} is required"
+    assert reason.startswith(f"{required} is required, e.g. {required}: ")
 
 
 @pytest.mark.parametrize("properties", [None, {}])
 def test_absent_properties_report_the_required_one(properties):
-    assert refused(SLR, properties) == "AWSServiceName is required"
+    assert (
+        refused(SLR, properties) == "AWSServiceName is required, e.g. AWSServiceName: spotfleet.amazonaws.com"
+    )
 
 
 @pytest.mark.parametrize("properties", ["AWSServiceName=spot.amazonaws.com", ["AWSServiceName"], 5])
@@ -305,3 +307,101 @@ def test_unknown_resource_type_is_refused(resource_type):
     assert "ResourceType" in reason
     assert repr(resource_type) in reason
     assert "Custom::ServiceLinkedRole" in reason
+
+
+# --- Reasons in the user's words (issue 17, item 6) -----------------------------------------------
+
+# What pydantic says in its own words; a template author can act on none of it.
+PYDANTIC_WORDS = (
+    "input should",
+    "after validation",
+    "valid tuple",
+    "valid dictionary",
+    "value error",
+    "should have",
+)
+
+
+@pytest.mark.parametrize(("resource_type", "properties", "name"), ALL_CASES)
+def test_reasons_say_what_the_property_must_look_like_not_pydantics_words(resource_type, properties, name):
+    reason = refused(resource_type, properties)
+    assert not [w for w in PYDANTIC_WORDS if w in reason.lower()], reason
+    assert "e.g. " in reason or "not a known property" in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "properties", "reason"),
+    [
+        (
+            ROLE,
+            {**BASE[ROLE], "Tags": {"team": "platform"}},
+            "Tags must be a list of at most 50 {Key, Value} pairs, e.g. Tags: [{Key: team, Value: platform}]",
+        ),
+        (
+            ROLE,
+            {**BASE[ROLE], "Tags": [{"Key": f"k{i}", "Value": "v"} for i in range(5000)]},
+            "Tags must be a list of at most 50 {Key, Value} pairs (5,000 given), e.g. Tags: [{Key: team, Value: platform}]",
+        ),
+        (
+            ROLE,
+            {**BASE[ROLE], "Tags": ["team=platform"]},
+            "Tags[0] must be a {Key, Value} pair, e.g. {Key: team, Value: platform}",
+        ),
+        (
+            ROLE,
+            {**BASE[ROLE], "ManagedPolicyArns": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"},
+            "ManagedPolicyArns must be a list of at most 20 IAM policy ARNs, "
+            "e.g. ManagedPolicyArns: [arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore]",
+        ),
+        (SLR, {**BASE[SLR], "OnDelete": "Keep"}, "OnDelete must be Retain or Delete, e.g. OnDelete: Retain"),
+        (
+            ROLE,
+            {"Blueprint": "ecs"},
+            "Blueprint must be one of spot-fleet-tagging, ecs-instance, batch-service, ec2-application, "
+            "e.g. Blueprint: ecs-instance",
+        ),
+        (
+            GRANT,
+            {**BASE[GRANT], "Operations": ["Decrypt", "Unwrap"]},
+            "Operations must be KMS grant operations (Unwrap is not one), e.g. Operations: [Decrypt, DescribeKey]",
+        ),
+        (
+            GRANT,
+            {**BASE[GRANT], "Constraints": {"EncryptionContextSubset": {"a": 5}}},
+            "Constraints.EncryptionContextSubset.a must be text, e.g. platform",
+        ),
+    ],
+)
+def test_cited_reasons_are_in_the_users_words(resource_type, properties, reason):
+    assert refused(resource_type, properties) == reason
+
+
+def test_a_misspelt_required_property_is_a_did_you_mean_not_also_missing():
+    # AWSServiceName is required and AwsServiceName unknown: one problem, the fix first.
+    assert refused(SLR, {"AwsServiceName": "spot.amazonaws.com"}) == (
+        "AwsServiceName is not a known property: did you mean AWSServiceName? "
+        "(known: AWSServiceName, CustomSuffix, Description, OnDelete, Heal)"
+    )
+    assert refused(ROLE, {**BASE[ROLE], "role_name": "app-x"}).startswith(
+        "role_name is not a known property: did you mean RoleName?"
+    )
+
+
+def test_unknown_properties_are_named_once_and_the_known_list_given_once():
+    reason = refused(ROLE, {**BASE[ROLE], **{f"Unknown{i:04d}": "x" for i in range(2000)}})
+    assert reason == (
+        "Unknown0000, Unknown0001, Unknown0002, Unknown0003, Unknown0004 and 1,995 more are not known "
+        "properties (known: Blueprint, RoleName, Path, ManagedPolicyArns, InstanceProfile, "
+        "ConfusedDeputyProtection, PermissionsBoundary, Tags, OnDelete, Heal)"
+    )
+    two = refused(ROLE, {**BASE[ROLE], "Colour": "red", "Heall": "true"})
+    assert two == (
+        "Colour, Heall (did you mean Heal?) are not known properties (known: Blueprint, RoleName, Path, "
+        "ManagedPolicyArns, InstanceProfile, ConfusedDeputyProtection, PermissionsBoundary, Tags, OnDelete, Heal)"
+    )
+
+
+def test_a_long_unknown_name_is_shown_short_and_on_one_line():
+    reason = refused(SLR, {**BASE[SLR], "x\n" * 600: "1"})
+    assert len(reason) < 200
+    assert "\n" not in reason

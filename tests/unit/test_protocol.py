@@ -477,6 +477,21 @@ def test_a_malformed_event_gets_a_failed_answer_naming_the_problem(aws, bad, nam
         assert sender.calls == []  # no https URL to answer: nothing is sent anywhere
 
 
+@pytest.mark.parametrize(
+    ("request_type", "reason"),
+    [
+        ("Update", "Malformed request: an Update request must carry PhysicalResourceId"),
+        ("Delete", "Malformed request: a Delete request must carry PhysicalResourceId"),
+    ],
+)
+def test_a_request_without_physical_id_is_refused_in_plain_english(aws, request_type, reason):
+    body = answering(Sender())(
+        _without("PhysicalResourceId", "slr-update.json") | {"RequestType": request_type}, Context()
+    )
+    assert body is not None
+    assert body["Reason"] == reason
+
+
 @pytest.mark.parametrize("bad", ["not an event", None, [event()]], ids=["string", "None", "list"])
 def test_an_event_that_is_not_a_request_is_refused_without_sending_anything(aws, bad):
     sender = Sender()

@@ -9,6 +9,7 @@ from typing import Any
 from rolekeeper.config import Settings
 from rolekeeper.domain.catalog import (
     BLUEPRINTS,
+    FIXED_ROLE_NAMES,
     KMS_OPT_IN_TAG_KEY,
     KMS_OPT_IN_TAG_VALUE,
     LINKED_SERVICES,
@@ -19,6 +20,10 @@ from rolekeeper.domain.catalog import (
 )
 from rolekeeper.domain.errors import InvalidRequest
 from rolekeeper.domain.properties import (
+    InvalidProperties,
+    Loc,
+    Problem,
+    Properties,
     ServiceLinkedRoleProperties,
     ServiceRoleProperties,
     SpotFleetKmsGrantProperties,
@@ -36,60 +41,54 @@ def validate(resource_type: str, properties: Any, settings: Settings, scope: Sco
         role_spec(props, settings, scope)
 
 
+def setting_problems(props: Properties, settings: Settings, scope: Scope) -> list[Problem]:
+    """What the deployer's settings refuse in properties that parsed: every problem, each in the
+    words its Reason uses (rolekeeper validate reports them before deploy)."""
+    if isinstance(props, ServiceLinkedRoleProperties):
+        return linked_role_problems(props, settings)
+    if isinstance(props, ServiceRoleProperties):
+        return role_problems(props, settings, scope)
+    return []
+
+
 def linked_role_spec(props: ServiceLinkedRoleProperties, settings: Settings) -> LinkedRoleSpec:
-    allowed = settings.allowed_service_names
-    if props.aws_service_name not in allowed:
-        raise InvalidRequest(
-            f"AWSServiceName {props.aws_service_name} is not allowed by this stack; "
-            f"AllowedServiceNames: {', '.join(sorted(allowed)) or '(none)'}"
-        )
-    if props.custom_suffix and not LINKED_SERVICES[props.aws_service_name].accepts_suffix:
-        raise InvalidRequest(f"CustomSuffix is not accepted by {props.aws_service_name}; remove it")
+    problems = linked_role_problems(props, settings)
+    if problems:
+        raise InvalidProperties(problems)
     return LinkedRoleSpec(props.aws_service_name, props.custom_suffix, props.description)
 
 
+def linked_role_problems(props: ServiceLinkedRoleProperties, settings: Settings) -> list[Problem]:
+    found = []
+    allowed = settings.allowed_service_names
+    if props.aws_service_name not in allowed:
+        choices = f"use one of {', '.join(sorted(allowed))}, or " if allowed else ""
+        found.append(
+            Problem(
+                ("AWSServiceName",),
+                f"AWSServiceName {props.aws_service_name} is not allowed by this stack: {choices}add it to "
+                "the template parameter AllowedServiceNames",
+            )
+        )
+    if props.custom_suffix and not LINKED_SERVICES[props.aws_service_name].accepts_suffix:
+        takers = ", ".join(s.service_name for s in LINKED_SERVICES.values() if s.accepts_suffix)
+        found.append(
+            Problem(
+                ("CustomSuffix",),
+                f"CustomSuffix is not accepted by {props.aws_service_name}: remove it (only {takers} takes one)",
+                rests_on=(("AWSServiceName",),),
+            )
+        )
+    return found
+
+
 def role_spec(props: ServiceRoleProperties, settings: Settings, scope: Scope) -> RoleSpec:
+    problems = role_problems(props, settings, scope)
+    if problems:
+        raise InvalidProperties(problems)
     blueprint = BLUEPRINTS[props.blueprint]
     name = props.role_name or blueprint.default_role_name
-    if name is None:
-        raise InvalidRequest(f"RoleName is required for Blueprint {blueprint.name}")
-    bound = fixed_blueprint(name)
-    if bound is not None and bound != blueprint.name:
-        raise InvalidRequest(
-            f"RoleName {name} is the documented name for Blueprint {bound}, not {blueprint.name}"
-        )
-    if bound is None and props.path != "/":
-        # IAM's "*" also matches "/": rolekeeper's permissions for prefixed names stop at "/".
-        raise InvalidRequest(
-            f"Path must be / for RoleName {name}; only the documented role names may use another path"
-        )
-    check_tags(props, settings)
-    if not role_name_allowed(name, settings):
-        raise InvalidRequest(
-            f"RoleName {name} is not allowed by this stack; AllowedRoleNames: "
-            f"{', '.join(sorted(settings.allowed_role_names))}"
-        )
-    if props.managed_policy_arns and not blueprint.takes_managed_policy_arns:
-        raise InvalidRequest(f"ManagedPolicyArns is only for Blueprint ec2-application, not {blueprint.name}")
-    allowed = settings.allowed_managed_policy_arns
-    for arn in props.managed_policy_arns:
-        if arn not in allowed:
-            raise InvalidRequest(
-                f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns "
-                f"({', '.join(sorted(allowed)) or 'empty'})"
-            )
-    for policy in (*props.managed_policy_arns, props.permissions_boundary):
-        if policy and policy.split(":")[1] != scope.partition:
-            raise InvalidRequest(f"{policy} is not in this partition ({scope.partition})")
-    if props.confused_deputy_protection is not None and not blueprint.confused_deputy:
-        raise InvalidRequest(
-            f"ConfusedDeputyProtection is only for Blueprint spot-fleet-tagging, not {blueprint.name}"
-        )
-    instance_profile = (
-        blueprint.instance_profile if props.instance_profile is None else props.instance_profile
-    )
-    if instance_profile and blueprint.principal != "ec2.amazonaws.com":
-        raise InvalidRequest(f"InstanceProfile is only for roles EC2 assumes, not Blueprint {blueprint.name}")
+    assert name is not None  # role_problems: RoleName is required for this blueprint
     protection = True if props.confused_deputy_protection is None else props.confused_deputy_protection
     return RoleSpec(
         blueprint=blueprint.name,
@@ -101,26 +100,157 @@ def role_spec(props: ServiceRoleProperties, settings: Settings, scope: Scope) ->
         owned_policy_arns=props.managed_policy_arns,
         boundary=props.permissions_boundary,
         tags={t.key: t.value for t in props.tags},
-        instance_profile=instance_profile,
+        instance_profile=_instance_profile(props),
     )
 
 
-def check_tags(props: ServiceRoleProperties, settings: Settings) -> None:
-    allowed = {k.lower() for k in settings.allowed_tag_keys}
-    for tag in props.tags:
-        if tag.key.lower().startswith(RESERVED_TAG_PREFIX):
-            raise InvalidRequest(f"Tags: key {tag.key} is reserved for rolekeeper's own marker")
-        if tag.key.lower() not in allowed:
-            raise InvalidRequest(
-                f"Tags: key {tag.key} is not in AllowedTagKeys "
-                f"({', '.join(sorted(settings.allowed_tag_keys)) or 'empty'})"
+def _instance_profile(props: ServiceRoleProperties) -> bool:
+    default = BLUEPRINTS[props.blueprint].instance_profile
+    return default if props.instance_profile is None else props.instance_profile
+
+
+def role_problems(props: ServiceRoleProperties, settings: Settings, scope: Scope) -> list[Problem]:
+    blueprint = BLUEPRINTS[props.blueprint]
+    name = props.role_name or blueprint.default_role_name
+    # The name is the RoleName given or, without one, the blueprint's default.
+    named_by: Loc = ("RoleName",) if props.role_name else ("Blueprint",)
+    found: list[Problem] = []
+    if name is None:
+        found.append(
+            Problem(
+                ("RoleName",),
+                f"RoleName is required for Blueprint {blueprint.name}, e.g. RoleName: "
+                f"{_prefixes(settings)[0] if _prefixes(settings) else 'app-'}web",
+                rests_on=(("Blueprint",),),
             )
+        )
+    else:
+        bound = fixed_blueprint(name)
+        if bound is not None and bound != blueprint.name:
+            found.append(
+                Problem(
+                    ("RoleName",),
+                    f"RoleName {name} is the documented name for Blueprint {bound}, not {blueprint.name}: "
+                    f"use Blueprint: {bound} or another RoleName",
+                    rests_on=(named_by, ("Blueprint",)),
+                )
+            )
+        if bound is None and props.path != "/":
+            # IAM's "*" also matches "/": rolekeeper's permissions for prefixed names stop at "/".
+            found.append(
+                Problem(
+                    ("Path",),
+                    f"Path must be / for RoleName {name}: only the documented role names may use "
+                    "another path, e.g. Path: /",
+                    rests_on=(named_by,),
+                )
+            )
+    found += tag_problems(props, settings)
+    if name is not None and not role_name_allowed(name, settings):
+        found.append(Problem(("RoleName",), _name_not_allowed(name, blueprint.name, settings), (named_by,)))
+    if props.managed_policy_arns and not blueprint.takes_managed_policy_arns:
+        found.append(
+            Problem(
+                ("ManagedPolicyArns",),
+                f"ManagedPolicyArns is only for Blueprint ec2-application, not {blueprint.name}: remove it",
+                rests_on=(("Blueprint",),),
+            )
+        )
+    elif props.managed_policy_arns:
+        allowed = settings.allowed_managed_policy_arns
+        listed = ", ".join(sorted(allowed)) or "empty"
+        for index, arn in enumerate(props.managed_policy_arns):
+            if arn not in allowed:
+                found.append(
+                    Problem(
+                        ("ManagedPolicyArns", index),
+                        f"ManagedPolicyArns: {arn} is not in AllowedManagedPolicyArns: remove it or add it "
+                        f"to that parameter (now: {listed})",
+                    )
+                )
+    policies: list[tuple[Loc, str]] = [
+        (("ManagedPolicyArns", i), a) for i, a in enumerate(props.managed_policy_arns)
+    ]
+    if props.permissions_boundary:
+        policies.append((("PermissionsBoundary",), props.permissions_boundary))
+    for loc, policy in policies:
+        if policy.split(":")[1] != scope.partition:
+            found.append(
+                Problem(
+                    loc,
+                    f"{policy} is not in this partition ({scope.partition}): write it as "
+                    "!Sub arn:${AWS::Partition}:iam::...",
+                )
+            )
+    if props.confused_deputy_protection is not None and not blueprint.confused_deputy:
+        found.append(
+            Problem(
+                ("ConfusedDeputyProtection",),
+                "ConfusedDeputyProtection is only for Blueprint spot-fleet-tagging, "
+                f"not {blueprint.name}: remove it",
+                rests_on=(("Blueprint",),),
+            )
+        )
+    if _instance_profile(props) and blueprint.principal != "ec2.amazonaws.com":
+        found.append(
+            Problem(
+                ("InstanceProfile",),
+                f"InstanceProfile is only for roles EC2 assumes, not Blueprint {blueprint.name}: remove it",
+                rests_on=(("Blueprint",),),
+            )
+        )
+    return found
+
+
+def check_tags(props: ServiceRoleProperties, settings: Settings) -> None:
+    problems = tag_problems(props, settings)
+    if problems:
+        raise InvalidProperties(problems)
+
+
+def tag_problems(props: ServiceRoleProperties, settings: Settings) -> list[Problem]:
+    allowed = {k.lower() for k in settings.allowed_tag_keys}
+    listed = ", ".join(sorted(settings.allowed_tag_keys)) or "empty"
+    found = []
+    for index, tag in enumerate(props.tags):
+        at: Loc = ("Tags", index, "Key")
+        if tag.key.lower().startswith(RESERVED_TAG_PREFIX):
+            found.append(
+                Problem(at, f"Tags: key {tag.key} is reserved for rolekeeper's own marker: use another key")
+            )
+        elif tag.key.lower() not in allowed:
+            found.append(
+                Problem(
+                    at,
+                    f"Tags: key {tag.key} is not in AllowedTagKeys: remove the tag or add the key to that "
+                    f"parameter (now: {listed})",
+                )
+            )
+    return found
 
 
 def role_name_allowed(name: str, settings: Settings) -> bool:
     # The same patterns scope the function's IAM permissions (template.yaml), where "*" is
     # the only wildcard that role names can meet.
     return any(fnmatchcase(name, pattern) for pattern in settings.allowed_role_names)
+
+
+def _prefixes(settings: Settings) -> list[str]:
+    return sorted(p[:-1] for p in settings.allowed_role_names if p.endswith("*") and "*" not in p[:-1])
+
+
+def _name_not_allowed(name: str, blueprint: str, settings: Settings) -> str:
+    prefixes = _prefixes(settings)
+    documented = [n for n, b in FIXED_ROLE_NAMES.items() if b == blueprint and role_name_allowed(n, settings)]
+    if not prefixes:
+        names = ", ".join(sorted(p for p in settings.allowed_role_names)) or "none"
+        return f"RoleName {name} is not allowed by this stack (it allows {names})"
+    start = " or ".join(prefixes)
+    also = f", or the documented name {' or '.join(documented)}" if documented else ""
+    return (
+        f"RoleName {name} is not allowed by this stack: use a name starting with {start} (the template "
+        f"parameter ApplicationRoleNamePrefix){also}, e.g. RoleName: {prefixes[0]}web"
+    )
 
 
 def grant_spec(

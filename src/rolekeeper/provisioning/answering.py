@@ -69,7 +69,8 @@ def malformed(event: Any) -> str | None:
     if not responses.url_allowed(event["ResponseURL"]):
         return "ResponseURL must be an https URL"
     if event["RequestType"] != "Create" and not isinstance(event.get("PhysicalResourceId"), str):
-        return f"an {event['RequestType']} request must carry PhysicalResourceId"
+        kind = event["RequestType"]
+        return f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} request must carry PhysicalResourceId"
     if not isinstance(event.get("ResourceProperties", {}), dict):
         return "ResourceProperties must be an object"
     return None
