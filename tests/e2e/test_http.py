@@ -10,7 +10,6 @@ needs: moto handles requests in threads without locking, where AWS makes CreateS
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 import subprocess
