@@ -1,5 +1,5 @@
 """End to end over HTTP: the real handlers against a moto server on 127.0.0.1, responses PUT by the
-real sender (rolekeeper.cfn.send_response) to a local receiver standing in for CloudFormation.
+real sender (rolekeeper.aws.responses.put) to a local receiver standing in for CloudFormation.
 
 Nothing here patches rolekeeper. The moto server is made to behave as AWS where rolekeeper depends
 on it (tests/fidelity.py, installed by tools.local_aws.embedded_aws), plus one thing only a server

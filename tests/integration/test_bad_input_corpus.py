@@ -726,7 +726,7 @@ def test_a_trailing_newline_is_refused(corpus, base, name, value):
 def test_cited_reasons_are_in_the_users_words(corpus, base, props, reason):
     """Issue 17's Reasons, as the function answers them: what the property must look like, with an
     example, naming only template parameters that exist (ApplicationRoleNamePrefix, not AllowedRoleNames)."""
-    from rolekeeper.cfn import short_reason
+    from rolekeeper.provisioning.answering import short_reason
 
     resource_type, valid = BASES[base]
     case = Case(

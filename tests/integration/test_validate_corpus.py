@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Stack, load_event
+from tests.conftest import ROOT, Stack, load_event, rebuild_handlers
 
 CORPUS = ROOT / "tests" / "data" / "validate"
 EVENTS = {
@@ -24,7 +24,6 @@ def test_the_function_refuses_each_finding_with_the_same_words(
 ) -> None:
     from rolekeeper.config import settings
     from rolekeeper.domain.properties import own_properties
-    from rolekeeper.handlers import custom_resource
     from rolekeeper.validate import (
         _deploy_time_paths,
         as_sent,
@@ -45,8 +44,7 @@ def test_the_function_refuses_each_finding_with_the_same_words(
         ("ALLOWED_TAG_KEYS", deployed.allowed_tag_keys),
     ):
         monkeypatch.setenv(name, ",".join(sorted(values)))
-    settings.cache_clear()
-    custom_resource.provisioner.cache_clear()
+    rebuild_handlers()
 
     found = findings(text)
     assert found
