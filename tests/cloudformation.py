@@ -11,6 +11,7 @@ answers in-process (mock_aws) and over HTTP (a moto server in the test process) 
 from __future__ import annotations
 
 import datetime
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +28,34 @@ class Resource:
     history: list[str] = field(default_factory=list)  # physical ids it had before (replacements)
 
 
+def response_url(stack_id: str, logical_id: str, request_id: str, *, signature: str = "5e1f") -> str:
+    """A ResponseURL as CloudFormation makes it: a pre-signed PUT on its response bucket in the
+    stack's region, keyed <StackId>|<LogicalResourceId>|<RequestId> (URL-encoded, "/" kept)."""
+    parts = stack_id.split(":")
+    region = parts[3] if len(parts) > 3 else "us-east-1"
+    bucket = f"cloudformation-custom-resource-response-{region.replace('-', '')}"
+    key = urllib.parse.quote(f"{stack_id}|{logical_id}|{request_id}", safe="/")
+    query = (
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261207T120000Z&X-Amz-SignedHeaders=host"
+        f"&X-Amz-Expires=7200&X-Amz-Credential=AKIAEXAMPLE%2F20261207%2F{region}%2Fs3%2Faws4_request"
+        f"&X-Amz-Signature={signature}"
+    )
+    return f"https://{bucket}.s3.amazonaws.com/{key}?{query}"
+
+
+def genuine(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with the ResponseURL CloudFormation would give it."""
+    event["ResponseURL"] = response_url(event["StackId"], event["LogicalResourceId"], event["RequestId"])
+    return event
+
+
 @dataclass
 class CloudFormation:
     stacks: dict[str, str] = field(default_factory=dict)  # stack id -> stack status
     resources: dict[tuple[str, str], Resource] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    # The URLs it signed: its bucket accepts a PUT only to these (tests/conftest.py's Sent).
+    issued: set[str] = field(default_factory=set)
 
     def set(
         self,
@@ -57,6 +81,11 @@ class CloudFormation:
 
     # CloudFormation's part in each request type (see src/rolekeeper/verify.py for the sources).
     def before(self, event: dict[str, Any]) -> None:
+        if (
+            all(isinstance(event.get(k), str) for k in ("StackId", "LogicalResourceId", "RequestId"))
+            and ":" in event["StackId"]
+        ):
+            self.issued.add(genuine(event)["ResponseURL"])
         stack_id, logical_id = event["StackId"], event["LogicalResourceId"]
         kind, rtype = event["RequestType"], event.get("ResourceType", "Custom::ServiceRole")
         known = self.resource(stack_id, logical_id)

@@ -196,10 +196,13 @@ class Sent:
     """Stands in for CloudFormation's pre-signed ResponseURL."""
 
     responses: list[dict[str, Any]] = field(default_factory=list)
+    # The URLs CloudFormation signed (tests/cloudformation.py): the bucket refuses any other (403),
+    # as S3 refuses a forged signature. None: every PUT accepted.
+    issued: set[str] | None = None
 
     def __call__(self, url: str, body: dict[str, Any], *_args: Any, **_kwargs: Any) -> int:
         self.responses.append(copy.deepcopy(body))
-        return 200
+        return 200 if self.issued is None or url in self.issued else 403
 
     @property
     def last(self) -> dict[str, Any]:
@@ -238,11 +241,14 @@ class Stack:
         old_props: dict[str, Any] | None = None,
         drop: tuple[str, ...] = (),
         confirmed: bool = True,
+        signed: bool | None = None,
         **overrides: Any,
     ) -> dict[str, Any]:
         """Send events/<event_file> from this stack; props merge into ResourceProperties.
         CloudFormation's state is set as it would be for the request (confirmed=False: a forged
-        request that CloudFormation never made)."""
+        request that CloudFormation never made). The ResponseURL has CloudFormation's shape for
+        the request (anyone can write that); signed (default: confirmed) says whether
+        CloudFormation signed it, so that its bucket accepts the answer."""
         from rolekeeper.handlers.custom_resource import lambda_handler
 
         event = load_event(event_file)
@@ -255,8 +261,12 @@ class Stack:
             event["OldResourceProperties"] = {**event.get("OldResourceProperties", {}), **old_props}
         for name in drop:
             event["ResourceProperties"].pop(name, None)
+        if all(isinstance(event.get(k), str) for k in ("StackId", "LogicalResourceId", "RequestId")):
+            cloudformation.genuine(event)
         for key, value in overrides.items():
             event[key] = value
+        if confirmed if signed is None else signed:
+            self.cfn.issued.add(event["ResponseURL"])
         before = len(self.sent.responses)
         if confirmed:
             self.cfn.before(event)
@@ -269,6 +279,7 @@ class Stack:
 
 @pytest.fixture
 def stack(sent: Sent, context: LambdaContext, cfn: cloudformation.CloudFormation) -> Stack:
+    sent.issued = cfn.issued
     return Stack("app", sent, context, cfn)
 
 

@@ -51,6 +51,7 @@ BENCH_ENV = {
     "HEAL_MODE": "heal",
     "HEAL_RATE_LIMIT": "5",
     "VERIFY_REQUESTS": "false",  # no CloudFormation behind the bench's requests (tools/local_aws.py)
+    "LOCAL_RESPONSE_URLS": "true",
     "POWERTOOLS_SERVICE_NAME": "rolekeeper",
     "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",
     "POWERTOOLS_LOG_LEVEL": "ERROR",

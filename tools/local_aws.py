@@ -96,6 +96,8 @@ def set_environment(endpoint: str, **extra: str) -> None:
             # its part by sending them), so there is nothing to confirm them against;
             # tests/integration covers confirmation against a CloudFormation double.
             "VERIFY_REQUESTS": "false",
+            # The demo answers a local stand-in for CloudFormation (never set in a deployed stack).
+            "LOCAL_RESPONSE_URLS": "true",
             "POWERTOOLS_SERVICE_NAME": "rolekeeper",
             "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",
             **extra,

@@ -31,6 +31,9 @@ class Settings:
     sam_local: bool = False
     region: str = ""
     org_event_bus_arn: str | None = None
+    # Local runs only (make demo, the tests' HTTP receivers): a ResponseURL on this machine is
+    # accepted besides CloudFormation's own. Never set by template.yaml.
+    local_response_urls: bool = False
 
 
 @cache
@@ -52,4 +55,5 @@ def settings() -> Settings:
         sam_local=bool(os.environ.get("AWS_SAM_LOCAL")),
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
         org_event_bus_arn=os.environ.get("ORG_EVENT_BUS_ARN") or None,
+        local_response_urls=os.environ.get("LOCAL_RESPONSE_URLS", "").strip().lower() == "true",
     )

@@ -572,12 +572,18 @@ PYDANTIC_WORDS = (
 SHAPE_PROBLEMS = ("wrong-type", "oversize", "unicode", "newline", "missing")
 
 
+RESPONSE_BUCKET = "https://cloudformation-custom-resource-response-"
+
+
 def check(corpus: Corpus, case: Case) -> dict[str, Any]:
     from rolekeeper.handlers.custom_resource import lambda_handler
 
     request = _with_key(case.event, corpus.key_arn)
     if isinstance(request, dict) and isinstance(request.get("RequestId"), str) and request["RequestId"]:
         request = {**request, "RequestId": str(uuid.uuid4())}  # one RequestId per request, as CloudFormation
+        keyed = all(isinstance(request.get(k), str) for k in ("StackId", "LogicalResourceId"))
+        if keyed and str(request.get("ResponseURL", "")).startswith(RESPONSE_BUCKET):
+            cloudformation.genuine(request)  # the URL CloudFormation gives this request
     before = corpus.state()
     sent_before = len(corpus.sent.responses)
     if (

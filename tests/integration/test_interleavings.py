@@ -379,6 +379,7 @@ def explore_pair(pair: Pair) -> Exploration:
                     world.delete(stack, logical_id)
                 if faults is not None:
                     faults.disarm()
+                world.settle()
                 reconciled = world.heal(SCHEDULED)
                 if isinstance(reconciled, dict) and "raised" in reconciled:
                     broken.append(

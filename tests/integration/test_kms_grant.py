@@ -227,7 +227,8 @@ def test_a_grant_delete_whose_forget_applied_but_answer_was_lost_leaves_no_skele
     failed = stack.send(
         "grant-delete.json", props={"KeyId": key_arn}, PhysicalResourceId=created["PhysicalResourceId"]
     )
-    assert failed["Status"] == "FAILED"
+    # The answer went out before the release's last write (the request's second phase).
+    assert failed["Status"] == "SUCCESS"
     monkeypatch.setattr(Objects, "finish_delete", original)
     items = boto3.client("dynamodb").scan(TableName=Registry("rolekeeper-test-registry").table.name)["Items"]
     left = [i for i in items if not i["pk"]["S"].startswith("REQUEST#")]

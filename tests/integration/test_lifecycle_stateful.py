@@ -68,11 +68,12 @@ class Lifecycle(RuleBasedStateMachine):
         self.moto = fast_aws(self.monkeypatch, fidelity.DeletionTasks())  # iam.sleep patched there
         self.moto.__enter__()
         self.monkeypatch.setattr(healing, "notify", lambda *_a: None)
-        self.sent = Sent()
+        self.sent = Sent(issued=None)  # the double below signs the URLs; linked once it exists
         custom_resource.configure(sender=self.sent)
         rebuild_handlers()
         self.cfn = cloudformation.CloudFormation()
         cloudformation.install(self.monkeypatch, self.cfn)
+        self.sent.issued = self.cfn.issued
         self.stacks = {name: Stack(name, self.sent, LambdaContext(), self.cfn) for name in STACKS}
         self.claims: dict[tuple[str, str], Claim] = {}
         self.gone: dict[str, bool] = dict.fromkeys(KINDS, False)

@@ -301,7 +301,8 @@ def test_an_update_rollback_is_confirmed(held, stack, cfn):
         "role-ecs-instance-create.json",
         RequestType="Update",
         PhysicalResourceId=held["PhysicalResourceId"],
-        confirmed=False,
+        confirmed=False,  # the state is set above, as CloudFormation has it in a rollback
+        signed=True,
     )
     assert rollback["Status"] == "SUCCESS", rollback["Reason"]
 
@@ -312,7 +313,7 @@ def test_verify_requests_false_is_the_operators_escape_hatch(aws, stack, monkeyp
     monkeypatch.setenv("VERIFY_REQUESTS", "false")
     settings.cache_clear()
     rebuild_handlers()
-    response = stack.send("role-ecs-instance-create.json", confirmed=False)
+    response = stack.send("role-ecs-instance-create.json", confirmed=False, signed=True)
     assert response["Status"] == "SUCCESS", response["Reason"]
     settings.cache_clear()
 

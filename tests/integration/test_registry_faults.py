@@ -173,6 +173,7 @@ def run_case(name: str, operation: str, fault: str, occurrence: int) -> list[str
         broken = broken_invariants(made)
         for stack, logical_id in sorted(made.held):
             made.delete(stack, logical_id)
+        made.settle()
         reconciled = made.heal(SCHEDULED)
         after = broken_invariants(made, deleted=deleted_roles(made, scenario.roles))
         if isinstance(reconciled, dict) and "raised" in reconciled:

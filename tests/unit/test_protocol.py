@@ -26,6 +26,7 @@ from rolekeeper.config import settings
 from rolekeeper.provisioning.answering import MAX_BODY, MAX_REASON, Answering, short_reason
 from rolekeeper.provisioning.requests import Response
 from rolekeeper.retry import Clock
+from tests.cloudformation import genuine
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 SECRET_PATH = "/cfn-response-bucket/arn%3Aaws%3Acloudformation%7CSecretLogicalId%7Creq-0001"
@@ -162,8 +163,13 @@ class Sender:
 
 
 def event(name: str = "slr-create.json", **overrides: Any) -> dict[str, Any]:
+    """events/<name> as CloudFormation would send it (its ResponseURL keyed by its own ids)."""
     loaded = json.loads((EVENTS / name).read_text())
-    loaded.update(overrides)
+    loaded.update({k: v for k, v in overrides.items() if k != "ResponseURL"})
+    if all(isinstance(loaded.get(k), str) for k in ("StackId", "LogicalResourceId", "RequestId")):
+        genuine(loaded)
+    if "ResponseURL" in overrides:
+        loaded["ResponseURL"] = overrides["ResponseURL"]
     return loaded
 
 

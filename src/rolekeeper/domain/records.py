@@ -15,7 +15,7 @@ without wants.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +48,22 @@ def grant_key(physical_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class Pending:
+    """What a request asked of a claim, not yet in force: CloudFormation's answer went out but the
+    request is proven genuine only once CloudFormation's bucket accepted it (issue 16's two phases).
+    A release, or the claim's next heal/on_delete/wants; new: the claim itself came with the
+    request (refused, it goes)."""
+
+    request_id: str
+    release: bool = False
+    heal: bool = True
+    on_delete: str = "Retain"
+    wants: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    new: bool = False
+    created: bool = False  # the request created the object (refused, it goes too, if unclaimed)
+
+
+@dataclass(frozen=True)
 class Claim:
     stack_id: str
     logical_id: str
@@ -56,10 +72,27 @@ class Claim:
     # What this claim asked for (a spec's to_dict()); None for claims written before claims
     # stored their wants. Compared by key only.
     wants: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    pending: Pending | None = field(default=None, compare=False, hash=False)
+
+    def in_force(self) -> Claim:
+        """The claim as its pending request would leave it (the request proven genuine)."""
+        if self.pending is None or self.pending.release:
+            return replace(self, pending=None)
+        wants = self.pending.wants if self.pending.wants is not None else self.wants
+        return Claim(self.stack_id, self.logical_id, self.pending.heal, self.pending.on_delete, wants)
 
     @property
     def sk(self) -> str:
         return claim_sk(self.stack_id, self.logical_id)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """Where a request left its pending change: the object, the claim, the request."""
+
+    key: str
+    sk: str
+    request_id: str
 
 
 def claim_sk(stack_id: str, logical_id: str) -> str:
@@ -119,10 +152,12 @@ class Record:
         return next((c for c in self.claims if c.sk == sk), None)
 
     def wants(self, claims: list[Claim] | None = None) -> list[dict[str, Any]]:
-        """What each claim asks for; a claim written before claims stored their wants asks for
-        the object's recorded desired state."""
+        """What each claim asks for, in force or pending (what a pending request added stays
+        until its request is settled); a claim written before claims stored their wants asks
+        for the object's recorded desired state."""
         chosen = self.claims if claims is None else claims
-        return [c.wants if c.wants is not None else dict(self.legacy_desired or {}) for c in chosen]
+        found = [c.wants if c.wants is not None else dict(self.legacy_desired or {}) for c in chosen]
+        return found + [c.pending.wants for c in chosen if c.pending is not None and c.pending.wants]
 
     def spec(self) -> dict[str, Any]:
         """A service-linked role's or a grant's spec: what its claims ask for (they agree on

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 from rolekeeper.aws.registry import Registry
 from rolekeeper.config import settings
 from rolekeeper.observability import logger, metrics
+from rolekeeper.provisioning import intents
 from rolekeeper.provisioning.answering import Answering
+from rolekeeper.provisioning.context import Context
 from rolekeeper.retry import Clock
 
 if TYPE_CHECKING:
@@ -36,6 +38,17 @@ def answering() -> Answering:
 @metrics.log_metrics
 @logger.inject_lambda_context(correlation_id_path="RequestId", clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | None:
+    if (
+        isinstance(event, dict)
+        and event.get("detail-type") == "Scheduled Event"
+        and event.get("source") == "aws.events"
+    ):
+        # The schedule: settle what ended invocations left pending (intents.finish_abandoned).
+        handling = answering()
+        ctx = Context(handling.settings, handling.registry, handling.clock)
+        settled = intents.finish_abandoned(ctx)
+        logger.info("pending changes settled", settled=settled)
+        return {"outcome": "settled", "count": len(settled)}
     if isinstance(event, dict):
         logger.append_keys(
             request_type=event.get("RequestType"),

@@ -175,6 +175,8 @@ class _Invocation:
         self.sent: dict[str, Any] | None = None
         self.noted = False  # the request is noted in the registry (its answer is recorded there)
         self.answer_written = False  # the work's last registry write carried the answer
+        self.response: Response | None = None
+        self.http_status: int | None = None  # what CloudFormation's bucket answered the PUT
         self.timer: threading.Timer | None = None
 
     # --- the request's life --------------------------------------------------------------------
@@ -183,6 +185,15 @@ class _Invocation:
         try:
             request = self._request()
             validate(request.resource_type, request.properties, self.a.settings, request.scope)
+            if not self.a.settings.sam_local:
+                confirm.response_url(
+                    self.event["ResponseURL"],
+                    request.scope,
+                    request.stack_id,
+                    request.logical_id,
+                    request.request_id,
+                    local=self.a.settings.local_response_urls,
+                )
             if self.a.settings.verify_requests and service.acts_on(request):
                 confirm.confirm(
                     request.request_type,
@@ -208,7 +219,9 @@ class _Invocation:
             return None
         if delivery.delivery == Delivery.RESUME:
             logger.info("answer decided by an invocation that stopped before sending it; sending it")
-            return self.deliver(delivery.answer)
+            sent = self.deliver(delivery.answer)
+            self._settle(delivery.intent, delivery.answer)
+            return sent
         self._start_timer()
         try:
             answer = self._work(request)
@@ -220,7 +233,23 @@ class _Invocation:
             # The deadline's answer is on its way from the timer's thread: Lambda freezes the
             # environment once the handler returns, so wait for it (bounded by the deadline).
             self.timer.join(timeout=max(self.deadline - self.a.clock.now(), 0.0))
+        self._settle(self.response.intent if self.response else None, self.sent or answer)
         return sent or self.sent
+
+    def _settle(self, intent: Any, answer: dict[str, Any]) -> None:
+        """The request's second phase: what it asked that takes away happens now that its answer's
+        delivery is known (accepted by CloudFormation's bucket), or is withdrawn."""
+        if intent is None or answer.get("Status") != SUCCESS:
+            return
+        accepted = self.a.settings.sam_local or (
+            self.http_status is not None and 200 <= self.http_status < 300
+        )
+        ctx = Context(self.a.settings, self.a.registry, self.a.clock.until(self.deadline - 1.0))
+        try:
+            service.settle(ctx, intent, accepted=accepted)
+        except Exception:
+            # The answer is out; what is left is the schedule's to finish (intents.finish_abandoned).
+            logger.exception("the request's change is not settled yet; the schedule finishes it")
 
     def _request(self) -> Request:
         event = self.event
@@ -270,11 +299,8 @@ class _Invocation:
     def _work(self, request: Request) -> dict[str, Any]:
         ctx = Context(self.a.settings, self.a.registry, self.clock, answer=self._answer_items)
         try:
-            if request.request_type == "Delete":
-                response = self.a.delete(ctx, request)
-                metrics.add_metric(name="RequestSucceeded", unit="Count", value=1)
-                return self._decide(body(self.event, SUCCESS, response=response))
-            response = self.a.converge(ctx, request)
+            work = self.a.delete if request.request_type == "Delete" else self.a.converge
+            response = self.response = work(ctx, request)
             metrics.add_metric(name="RequestSucceeded", unit="Count", value=1)
             answer = body(self.event, SUCCESS, response=response)
             # Decided already when the answer went with the request's last registry write.
@@ -293,7 +319,11 @@ class _Invocation:
         self.answer_written = (
             True  # the write that carries it is the work's last: if it fails, so does the work
         )
-        return [self.a.registry.requests.answer_write(self.request_id, answer, now=self.a.clock.now())]
+        return [
+            self.a.registry.requests.answer_write(
+                self.request_id, answer, now=self.a.clock.now(), intent=response.intent
+            )
+        ]
 
     def _decide(self, answer: dict[str, Any]) -> dict[str, Any]:
         """The answer in force: this one, unless one was decided before (then that one)."""
@@ -355,7 +385,7 @@ class _Invocation:
             # sam local invoke: the ResponseURL in events/ is not a real pre-signed URL.
             print(json.dumps(answer, indent=2))
             return answer
-        status = self.a.sender(url, answer, self.a.clock.until(self.deadline - 0.5))
+        status = self.http_status = self.a.sender(url, answer, self.a.clock.until(self.deadline - 0.5))
         if self.noted:
             try:
                 self.a.registry.requests.delivered(

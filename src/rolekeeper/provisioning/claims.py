@@ -11,6 +11,9 @@ role it changed is converged back to what the claims as registered want.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from aws_lambda_powertools import Logger
 
 from rolekeeper.aws import iam, kms
@@ -18,7 +21,7 @@ from rolekeeper.aws.registry import Change, Fence
 from rolekeeper.convergence import grants
 from rolekeeper.convergence.linked_roles import ensure_linked_role
 from rolekeeper.convergence.outcomes import GrantOutcome, Made, RoleOutcome, role_attrs
-from rolekeeper.convergence.roles import delete_created_role, ensure_role, prune_role
+from rolekeeper.convergence.roles import delete_created_role, ensure_role
 from rolekeeper.convergence.transition import Plan, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.catalog import SPOT_FLEET_ROLE_NAME
@@ -28,7 +31,7 @@ from rolekeeper.domain.properties import (
     ServiceRoleProperties,
     SpotFleetKmsGrantProperties,
 )
-from rolekeeper.domain.records import Claim, Kind, Record, grant_key, role_key
+from rolekeeper.domain.records import Claim, Intent, Kind, Pending, Record, claim_sk, grant_key, role_key
 from rolekeeper.domain.validation import grant_spec, linked_role_spec, role_spec
 from rolekeeper.provisioning import restore, settle
 from rolekeeper.provisioning.context import Context
@@ -54,19 +57,44 @@ def role_data(outcome: RoleOutcome, created: bool) -> dict[str, str]:
     return data
 
 
+def claimed(
+    key: str,
+    record: Record | None,
+    request: Request,
+    heal: bool,
+    on_delete: str,
+    wants: dict[str, Any],
+    *,
+    created: bool,
+) -> tuple[Claim, Intent | None]:
+    """This resource's claim as the request's first phase writes it: what the request asks for is
+    pending until CloudFormation's bucket accepts the answer (intents.settle then puts it in
+    force, or withdraws it); a new claim holds only its wants meanwhile, with the safe choices
+    (healing on, OnDelete Retain). A request that changes nothing leaves the claim as it is."""
+    sk = claim_sk(request.stack_id, request.logical_id)
+    existing = record.claim_of(sk) if record else None
+    intent = Intent(key, sk, request.request_id)
+    if existing is None:
+        pending = Pending(request.request_id, heal=heal, on_delete=on_delete, new=True, created=created)
+        return Claim(request.stack_id, request.logical_id, True, "Retain", wants, pending), intent
+    if (existing.heal, existing.on_delete, existing.wants) == (
+        heal,
+        on_delete,
+        wants,
+    ) and existing.pending is None:
+        return existing, None
+    pending = Pending(request.request_id, heal=heal, on_delete=on_delete, wants=wants, created=created)
+    return replace(existing, pending=pending), intent
+
+
 def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -> Response:
     spec = role_spec(props, ctx.settings, request.scope)
     key = role_key(spec.name)
-    claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
+    sk = claim_sk(request.stack_id, request.logical_id)
     objects, clock = ctx.registry.objects, ctx.clock
-    takes_away = request.request_type == "Update"
-
-    def read() -> Record | None:
-        record = settle.settled(objects, key, spec.name, clock)
-        return settle.lease_free(objects, key, record, spec.name, clock) if takes_away else record
 
     def attempt(record: Record | None, made: Made) -> Plan[Response]:
-        others = ownership.other_wants(record, claim.sk)
+        others = ownership.other_wants(record, sk)
         if problem := ownership.conflict(spec, others):
             raise InvalidRequest(problem)
         desired = ownership.union([spec, *others])
@@ -80,42 +108,41 @@ def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -
                 spec, role, props.confused_deputy_protection
             ),
         )
-        if takes_away and not made.created:
-            pruned = prune_role(
-                desired,
-                made,
-                added=ownership.added_of(record) | made.added,
-                created_role_id=created_role_id,
-                role=outcome.role,
-                attached=outcome.attached,
-            )
-            outcome.changes += pruned.changes if pruned else []
         created = made.created or outcome.ours
+        claim, intent = claimed(
+            key, record, request, props.heal, props.on_delete, spec.to_dict(), created=made.created
+        )
         response = Response(outcome.arn, role_data(outcome, created or bool(record and record.created)))
-        response.changes = outcome.changes
-        exact = takes_away and record is not None
+        response.changes, response.intent = outcome.changes, intent
+        # What only adds is applied now; what takes away waits for the answer's delivery (the
+        # prune in intents.settle). Fenced by the version read: the plan counted on pieces it
+        # found on the role, which a release's prune written since may have taken away.
         change = Change(
             kind=Kind.ROLE,
             attrs=role_attrs(outcome),
             created=created,
             claim=claim,
-            # A writer that took pieces away (at the version it read) writes the whole set;
-            # any other adds to it.
-            added=frozenset() if exact else frozenset(made.added),
-            pieces=frozenset((ownership.added_of(record) | made.added) - made.removed) if exact else None,
+            added=frozenset(made.added),
         )
-        return Plan(response, Fence(record, exact=exact), change)
+        return Plan(response, Fence(record, exact=record is not None), change)
 
     def undo(made: Made) -> None:
         if made.created:
             restore.take_back(
                 ctx, request, key, spec.name, lambda: delete_created_role(spec.name, profile=made.profile)
             )
-        elif takes_away or made.added:
-            restore.role(ctx, key, spec.name, extra_added=made.added)
+        elif made.added:
+            restore.role(ctx, key, spec.name, extra_added=made.added, put_back=False)
 
     response = run(
-        objects, key, read=read, attempt=attempt, undo=undo, clock=clock, also=ctx.answer, what=spec.name
+        objects,
+        key,
+        read=lambda: settle.settled(objects, key, spec.name, clock),
+        attempt=attempt,
+        undo=undo,
+        clock=clock,
+        also=ctx.answer,
+        what=spec.name,
     )
     logger.info("service role converged", role_name=spec.name, changes=response.changes)
     return response
@@ -125,14 +152,16 @@ def linked_role(ctx: Context, request: Request, props: ServiceLinkedRoleProperti
     spec = linked_role_spec(props, ctx.settings)
     name = spec.role_name
     key = role_key(name)
-    claim = Claim(request.stack_id, request.logical_id, props.heal, props.on_delete, wants=spec.to_dict())
     objects, clock = ctx.registry.objects, ctx.clock
 
     def attempt(record: Record | None, made: Made) -> Plan[Response]:
         outcome = ensure_linked_role(spec, made, clock=clock)
         created = made.created or bool(record and record.created)
+        claim, intent = claimed(
+            key, record, request, props.heal, props.on_delete, spec.to_dict(), created=made.created
+        )
         response = Response(outcome.arn, role_data(outcome, created))
-        response.changes = outcome.changes
+        response.changes, response.intent = outcome.changes, intent
         change = Change(kind=Kind.SLR, attrs=role_attrs(outcome), created=made.created, claim=claim)
         return Plan(response, Fence(record, exact=False), change)
 
@@ -161,7 +190,6 @@ def grant(ctx: Context, request: Request, props: SpotFleetKmsGrantProperties) ->
     spec = grant_spec(props, key_metadata, tags, grantee, request.scope, request.stack_id, request.logical_id)
     assert grantee is not None  # grant_spec refuses a missing grantee
     objects, clock = ctx.registry.objects, ctx.clock
-    claim = Claim(request.stack_id, request.logical_id, props.heal, "Delete", wants=spec.to_dict())
     created = Made()  # CreateGrant before the transition: the grant's id names its record
     outcome = grants.create_grant(spec, grantee, created)
     physical_id = _grant_physical_id(ctx, request, spec.key_arn, outcome)
@@ -174,8 +202,12 @@ def grant(ctx: Context, request: Request, props: SpotFleetKmsGrantProperties) ->
             "KeyArn": spec.key_arn,
             "GranteePrincipal": outcome.grantee_arn,
         }
+        # A grant no record held before was made by this request (withdrawn, it goes too).
+        claim, intent = claimed(
+            key, record, request, props.heal, "Delete", spec.to_dict(), created=record is None
+        )
         change = Change(kind=Kind.GRANT, attrs=grants.grant_attrs(spec, outcome), created=True, claim=claim)
-        return Plan(Response(physical_id, data), Fence(record, exact=False), change)
+        return Plan(Response(physical_id, data, intent=intent), Fence(record, exact=False), change)
 
     def undo(_made: Made) -> None:
         # Only a grant no record holds is this request's to take back (KMS's Name idempotency may

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from rolekeeper.aws import cloudformation
 from rolekeeper.domain.catalog import Scope
@@ -100,3 +101,43 @@ def confirm(
         f"CloudFormation shows {logical_id} as {status or 'unknown'}, not a {request_type} in progress "
         "for that physical id; request not confirmed, nothing changed"
     )
+
+
+# CloudFormation answers custom resources through a pre-signed URL on its own response bucket in
+# the stack's region: "cloudformation-custom-resource-response-<region without dashes>" (AWS
+# CloudFormation User Guide, "Setting up VPC endpoints for AWS CloudFormation": the buckets custom
+# resources respond to), the object key "<StackId>|<LogicalResourceId>|<RequestId>" URL-encoded
+# (as every real request's ResponseURL shows). Only CloudFormation can sign a PUT that bucket
+# accepts, so a request whose answer the bucket refuses was not CloudFormation's (intents.py).
+RESPONSE_BUCKET = "cloudformation-custom-resource-response-{region}"
+SIGNATURES = ("X-Amz-Signature", "Signature")  # SigV4 and SigV2 query authentication
+
+
+def response_url(
+    url: str, scope: Scope, stack_id: str, logical_id: str, request_id: str, *, local: bool = False
+) -> None:
+    """Raise Unconfirmed unless url is a pre-signed URL on CloudFormation's response bucket for
+    this region and partition, keyed by this request. local: also an http(s) URL on this machine
+    (make demo, the tests' receivers); never set in a deployed stack."""
+    parts = urlsplit(url)
+    if local and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        return
+    suffix = "amazonaws.com.cn" if scope.partition == "aws-cn" else "amazonaws.com"
+    bucket = RESPONSE_BUCKET.format(region=scope.region.replace("-", ""))
+    hosts = {
+        f"{bucket}.s3.{suffix}",
+        f"{bucket}.s3.{scope.region}.{suffix}",
+        f"{bucket}.s3-{scope.region}.{suffix}",
+    }
+    query = parse_qs(parts.query)
+    if (
+        parts.scheme != "https"
+        or parts.hostname not in hosts
+        or parts.port not in (None, 443)
+        or unquote(parts.path.removeprefix("/")) != f"{stack_id}|{logical_id}|{request_id}"
+        or not any(name in query for name in SIGNATURES)
+    ):
+        raise Unconfirmed(
+            "ResponseURL is not CloudFormation's response URL for this request in "
+            f"{scope.partition}/{scope.region}; request not confirmed, nothing changed"
+        )

@@ -1,11 +1,15 @@
-"""Delete: release this resource's claim, then delete the object if the claim asked for it
-(OnDelete: Delete, as last confirmed) and it was the last one, else take away what only it
-wanted. Acts on the stored claim, never on the request's properties, and only for the physical
-id rolekeeper answered. A release waits for a heal under way (the heal planned from the claims
-before the release); the deletion has exactly one writer (the registry's deleting state).
+"""Delete, in two phases: the release is recorded as pending with the answer (mark); once
+CloudFormation's bucket accepted the answer, the claim is released and the object deleted if the
+claim asked for it (OnDelete: Delete, as last confirmed) and it was the last one, else what only it
+wanted is taken away (complete). Acts on the stored claim, never on the request's properties, and
+only for the physical id rolekeeper answered. A release waits for a heal under way (the heal
+planned from the claims before the release); the deletion has exactly one writer (the registry's
+deleting state).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from aws_lambda_powertools import Logger
 
@@ -16,32 +20,101 @@ from rolekeeper.convergence.outcomes import Made
 from rolekeeper.convergence.transition import Plan, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.errors import HealInProgress, ObjectGone, RetryLater
-from rolekeeper.domain.records import Claim, Kind, Record, grant_key, role_key
+from rolekeeper.domain.records import (
+    GRANT_PHYSICAL_ID,
+    ROLE_ARN,
+    Claim,
+    Intent,
+    Kind,
+    Pending,
+    Record,
+    grant_key,
+    role_key,
+)
 from rolekeeper.provisioning import restore, settle
 from rolekeeper.provisioning.context import Context
-from rolekeeper.provisioning.requests import Request
+from rolekeeper.provisioning.requests import Request, Response
 from rolekeeper.retry import HEAL_UNDER_WAY
 
 logger = Logger(child=True)
 
 
-def role(ctx: Context, request: Request, name: str, physical_id: str) -> None:
+def mark(ctx: Context, request: Request) -> Response:
+    """Delete, first phase: the release is pending on this resource's claim (with the answer, in
+    one write); it happens once CloudFormation's bucket accepted the answer (intents.settle ->
+    complete). A physical id rolekeeper never produced, or one no claim of this resource holds
+    any more, has nothing to release."""
+    physical_id = request.physical_id or ""
+    key = _key_of(request, physical_id)
     objects = ctx.registry.objects
-    key = role_key(name)
-    # One consistent read: the object and every claim.
-    known = objects.read(key)
-    claim = known.claim_of(request.claim_sk) if known else None
-    if known is not None and known.attrs.get("arn") not in (None, physical_id):
+    known = objects.read(key) if key else None
+    if key is None or known is None:
+        logger.info(
+            "nothing of rolekeeper's under this physical id; nothing to delete", physical_id=physical_id
+        )
+        return Response(physical_id)
+    name = known.attrs.get("name") or physical_id
+    if known.kind != Kind.GRANT and known.attrs.get("arn") not in (None, physical_id):
         logger.info("physical id is not the role's ARN; nothing to delete", physical_id=physical_id)
-        return
-    if known is not None and known.deleting and claim is None:
+        return Response(physical_id)
+    if known.deleting and known.claim_of(request.claim_sk) is None:
         settle.settle(objects, known, name, ctx.clock)  # a retry after a Delete that failed at its last step
-    if known is None or claim is None:
-        logger.info("no claim held by this resource; nothing to delete", role_name=name)
+
+    def attempt(record: Record | None, _made: Made) -> Plan[Response]:
+        claim = record.claim_of(request.claim_sk) if record else None
+        if record is None or claim is None:
+            logger.info("no claim held by this resource; nothing to delete", physical_id=physical_id)
+            return Plan(Response(physical_id))
+        pending = Pending(request.request_id, release=True)
+        response = Response(physical_id, intent=Intent(key, claim.sk, request.request_id))
+        return Plan(
+            response,
+            Fence(record, exact=False),
+            Change(kind=record.kind, claim=replace(claim, pending=pending)),
+        )
+
+    return run(
+        objects,
+        key,
+        read=lambda: objects.read(key),
+        attempt=attempt,
+        undo=lambda _made: None,
+        clock=ctx.clock,
+        also=ctx.answer,
+        what=name,
+    )
+
+
+def complete(ctx: Context, key: str, claim: Claim, token: str) -> None:
+    """Delete, second phase: release the claim, then delete the object if the claim asked for it
+    (OnDelete as last confirmed) and it was the last one, else take away what only it wanted.
+    A failure puts the claim back with its release still pending (the schedule finishes it)."""
+    record = ctx.registry.objects.read(key)
+    if record is None:
         return
+    name = record.attrs.get("name") or key.split("#", 1)[1]
+    if record.kind == Kind.GRANT:
+        _release_grant(ctx, key, name, claim, token)
+    else:
+        _release_role(ctx, key, name, claim, token)
+
+
+def _key_of(request: Request, physical_id: str) -> str | None:
+    scope = request.scope
+    if (match := ROLE_ARN.fullmatch(physical_id)) and (match.group(1), match.group(2)) == (
+        scope.partition,
+        scope.account,
+    ):
+        return role_key(match.group(4))
+    if GRANT_PHYSICAL_ID.fullmatch(physical_id):
+        return grant_key(physical_id)
+    return None
+
+
+def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str) -> None:
     released = _release(ctx, key, name, claim)
     try:
-        if claim.on_delete == "Delete" and _delete_if_last(ctx, request, key, name):
+        if claim.on_delete == "Delete" and _delete_if_last(ctx, token, key, name):
             return
         if (
             released is not None
@@ -52,30 +125,24 @@ def role(ctx: Context, request: Request, name: str, physical_id: str) -> None:
         else:
             logger.info("claim released; role retained", role_name=name)
     except Exception:
-        _put_back(ctx, key, claim)  # so CloudFormation's retry of this Delete finishes it
+        _put_back(ctx, key, claim)
         raise
 
 
-def grant(ctx: Context, request: Request, physical_id: str) -> None:
+def _release_grant(ctx: Context, key: str, physical_id: str, claim: Claim, token: str) -> None:
     objects = ctx.registry.objects
-    key = grant_key(physical_id)
-    record = objects.read(key)
-    claim = record.claim_of(request.claim_sk) if record else None
-    if record is None or claim is None:
-        logger.info("no claim held by this resource; nothing to revoke", physical_id=physical_id)
-        return
     _release(ctx, key, physical_id, claim)
     try:
-        taken = _take_for_deletion(ctx, key, physical_id, request.token)
+        taken = _take_for_deletion(ctx, key, physical_id, token)
         if taken is None:
             logger.info("grant record held by another claim; kept", physical_id=physical_id)
             return
         try:
-            _revoke(ctx, key, physical_id, taken)
+            _revoke(ctx, key, key.removeprefix("GRANT#"), taken)
         except Exception:
-            objects.abort_delete(key, request.token)
+            objects.abort_delete(key, token)
             raise
-        objects.finish_delete(key, request.token)
+        objects.finish_delete(key, token)
     except Exception:
         _put_back(ctx, key, claim)
         raise
@@ -115,19 +182,19 @@ def _release(ctx: Context, key: str, name: str, claim: Claim) -> Record | None:
     return run(objects, key, read=read, attempt=attempt, undo=lambda _made: None, clock=clock, what=name)
 
 
-def _delete_if_last(ctx: Context, request: Request, key: str, name: str) -> bool:
+def _delete_if_last(ctx: Context, token: str, key: str, name: str) -> bool:
     """Take the object for deletion (only if rolekeeper created it and no claim holds it) and
     delete it; False when it stays."""
     objects = ctx.registry.objects
-    record = _take_for_deletion(ctx, key, name, request.token)
+    record = _take_for_deletion(ctx, key, name, token)
     if record is None:
         return False
     try:
         task_id = _delete_object(name, record)
     except Exception:
-        objects.abort_delete(key, request.token)
+        objects.abort_delete(key, token)
         raise
-    objects.finish_delete(key, request.token, task_id=task_id)
+    objects.finish_delete(key, token, task_id=task_id)
     if task_id and settle.deletion_status(task_id) == "SUCCEEDED":
         objects.drop(objects.read(key) or record)  # already over: nothing left to wait for
     return True

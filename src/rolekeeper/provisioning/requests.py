@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rolekeeper.domain.catalog import Scope
-from rolekeeper.domain.records import Claim
+from rolekeeper.domain.records import Claim, Intent
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,5 @@ class Response:
     physical_id: str
     data: dict[str, str] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list, compare=False)
+    # Where the request left what takes effect only once CloudFormation accepted the answer.
+    intent: Intent | None = None

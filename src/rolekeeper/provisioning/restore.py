@@ -5,6 +5,7 @@ converged back to what the claims as registered want."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from aws_lambda_powertools import Logger
 
@@ -15,7 +16,7 @@ from rolekeeper.convergence.roles import ensure_role, prune_role
 from rolekeeper.convergence.transition import Plan, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.errors import HealInProgress
-from rolekeeper.domain.records import Kind, Record
+from rolekeeper.domain.records import Claim, Intent, Kind, Record
 from rolekeeper.provisioning import settle
 from rolekeeper.provisioning.context import Context
 from rolekeeper.provisioning.requests import Request
@@ -59,25 +60,38 @@ def role(
     *,
     extra_added: set[str] | frozenset[str] = frozenset(),
     put_back: bool = True,
+    settling: tuple[Intent, bool] | None = None,
 ) -> list[str]:
     """Converge a role to what its claims as registered want: take away what no claim wants any
     more (a released claim's pieces; extra_added: pieces an unfinished request added, which no
     write recorded) and, with put_back (always after a lost race), put back what an unfinished
     request's prune took away. A role that is gone stays gone (healing puts it back), and with no
-    claim left the role stays as it is. Returns what changed; never raises (the next request or
-    the schedule converges a role that kept changing)."""
+    claim left the role stays as it is. settling: a request's pending change on one claim, put in
+    force (True) or withdrawn (False) in the same fenced write as the prune it calls for.
+    Returns what changed; never raises (the next request or the schedule converges a role that
+    kept changing; a pending change stays pending)."""
     objects, clock = ctx.registry.objects, ctx.clock
     tries = [put_back]
 
     def attempt(record: Record | None, made: Made) -> Plan[list[str]]:
         if record is None or record.kind != Kind.ROLE or not record.claims or record.deleting:
             return Plan([])
-        desired = ownership.desired_of(record)
+        view, put, released = _settled_view(record, settling)
+        if view is None:
+            return Plan([])  # settled already, or superseded by a later request
+        desired = (
+            ownership.desired_of(view)
+            if view.claims
+            else ownership.wanting_nothing(ownership.desired_of(record))
+        )
         created_role_id = ownership.created_role_id(record)
         added = ownership.added_of(record) | set(extra_added)
         current = iam.get_role(name)
         if current is None:
-            return Plan([])
+            if put is None and released is None:
+                return Plan([])
+            change = Change(kind=Kind.ROLE, attrs=record.attrs, claim=put, release=released)
+            return Plan([], Fence(record, exact=True, lease_free=True), change)
         changes: list[str] = []
         attached = None
         if tries[-1]:
@@ -101,7 +115,7 @@ def role(
         )
         changes += pruned.changes if pruned else []
         pieces = frozenset((added | made.added) - made.removed)
-        change = Change(kind=Kind.ROLE, attrs=record.attrs, pieces=pieces)
+        change = Change(kind=Kind.ROLE, attrs=record.attrs, pieces=pieces, claim=put, release=released)
         return Plan(changes, Fence(record, exact=True, lease_free=True), change)
 
     try:
@@ -121,3 +135,25 @@ def role(
         return []
     logger.info("role converged to its claims", role_name=name, changes=changes)
     return changes
+
+
+def _settled_view(
+    record: Record, settling: tuple[Intent, bool] | None
+) -> tuple[Record | None, Claim | None, Claim | None]:
+    """The record as the settled request leaves it, and the claim to write or release (None,
+    None, None: the request's pending change is not there any more)."""
+    if settling is None:
+        return record, None, None
+    intent, accepted = settling
+    claim = record.claim_of(intent.sk)
+    if claim is None or claim.pending is None or claim.pending.request_id != intent.request_id:
+        return None, None, None
+    others = [c for c in record.claims if c.sk != claim.sk]
+    if accepted:
+        after: Claim | None = claim.in_force()
+    elif claim.pending.new:
+        after = None
+    else:
+        after = replace(claim, pending=None)
+    view = replace(record, claims=[*others, after] if after is not None else others)
+    return view, after, claim if after is None else None

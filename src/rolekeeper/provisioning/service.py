@@ -7,8 +7,8 @@ from aws_lambda_powertools import Logger
 from rolekeeper.convergence.grants import reissue_stale
 from rolekeeper.domain.catalog import SPOT_FLEET_ROLE_NAME
 from rolekeeper.domain.properties import ServiceLinkedRoleProperties, ServiceRoleProperties, parse
-from rolekeeper.domain.records import GRANT_PHYSICAL_ID, ROLE_ARN, object_key
-from rolekeeper.provisioning import claims, release
+from rolekeeper.domain.records import Intent, object_key
+from rolekeeper.provisioning import claims, intents, release
 from rolekeeper.provisioning.context import Context
 from rolekeeper.provisioning.requests import Request, Response
 
@@ -41,18 +41,13 @@ def converge(ctx: Context, request: Request) -> Response:
 
 
 def delete(ctx: Context, request: Request) -> Response:
-    physical_id = request.physical_id or ""
-    scope = request.scope
-    if (match := ROLE_ARN.fullmatch(physical_id)) and (match.group(1), match.group(2)) == (
-        scope.partition,
-        scope.account,
-    ):
-        release.role(ctx, request, match.group(4), physical_id)
-    elif GRANT_PHYSICAL_ID.fullmatch(physical_id):
-        release.grant(ctx, request, physical_id)
-    else:
-        logger.info("physical id not produced by rolekeeper; nothing to delete", physical_id=physical_id)
-    return Response(physical_id)
+    """Delete: the release pending on this resource's claim, with the answer (release.mark)."""
+    return release.mark(ctx, request)
+
+
+def settle(ctx: Context, intent: Intent, *, accepted: bool) -> None:
+    """The request's second phase, once its answer's delivery is known (intents.py)."""
+    intents.settle_intent(ctx, intent, accepted=accepted)
 
 
 def acts_on(request: Request) -> bool:

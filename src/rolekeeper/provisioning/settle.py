@@ -7,7 +7,7 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from rolekeeper.aws import iam
+from rolekeeper.aws import iam, kms
 from rolekeeper.aws.registry import Objects
 from rolekeeper.domain.errors import RetryLater
 from rolekeeper.domain.records import Kind, Record
@@ -49,6 +49,9 @@ def settle(objects: Objects, record: Record, name: str, clock: Clock) -> bool:
     if record.kind == Kind.ROLE and iam.get_role(name) is None:
         # The role is deleted; its deleter's last step (removing the item) is missing.
         return objects.drop(record)
+    grant = record.attrs.get("key_arn"), record.attrs.get("grant_id")
+    if record.kind == Kind.GRANT and all(grant) and not kms.grant_exists(*grant):  # type: ignore[arg-type]
+        return objects.drop(record)  # the grant is revoked; the record's removal is what is missing
     if (
         record.kind != Kind.SLR
         and record.deleting_since

@@ -18,7 +18,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from rolekeeper.domain.records import CLAIM, Claim, Kind, Lease, Record, State, claim_owner
+from rolekeeper.domain.records import CLAIM, Claim, Kind, Lease, Pending, Record, State, claim_owner
 
 OBJECT = "OBJECT"
 REQUEST = "REQUEST"
@@ -81,6 +81,18 @@ def claim_values(claim: Claim) -> dict[str, Any]:
     values: dict[str, Any] = {"heal": claim.heal, "on_delete": claim.on_delete}
     if claim.wants is not None:
         values["wants"] = claim.wants
+    if claim.pending is not None:
+        pending: dict[str, Any] = {
+            "request_id": claim.pending.request_id,
+            "release": claim.pending.release,
+            "heal": claim.pending.heal,
+            "on_delete": claim.pending.on_delete,
+            "new": claim.pending.new,
+            "created": claim.pending.created,
+        }
+        if claim.pending.wants is not None:
+            pending["wants"] = claim.pending.wants
+        values["pending"] = pending
     return values
 
 
@@ -93,12 +105,24 @@ def claim_of(values: Mapping[str, Any]) -> Claim:
     wants = values.get("wants")
     if isinstance(wants, str):  # format 1: a JSON string
         wants = json.loads(wants) if wants else None
+    pending = values.get("pending")
     return Claim(
         stack_id=str(values.get("stack_id") or stack_id),
         logical_id=str(values.get("logical_id") or logical_id),
         heal=bool(values.get("heal", True)),
         on_delete=str(values.get("on_delete", "Retain")),
         wants=dict(wants) if isinstance(wants, Mapping) else None,
+        pending=Pending(
+            request_id=str(pending.get("request_id", "")),
+            release=bool(pending.get("release", False)),
+            heal=bool(pending.get("heal", True)),
+            on_delete=str(pending.get("on_delete", "Retain")),
+            wants=dict(pending["wants"]) if isinstance(pending.get("wants"), Mapping) else None,
+            new=bool(pending.get("new", False)),
+            created=bool(pending.get("created", False)),
+        )
+        if isinstance(pending, Mapping)
+        else None,
     )
 
 

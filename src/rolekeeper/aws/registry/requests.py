@@ -22,6 +22,7 @@ from typing import Any
 
 from rolekeeper.aws.registry.items import REQUEST, decode_item, key_of
 from rolekeeper.aws.registry.table import Refused, Table, Write
+from rolekeeper.domain.records import Intent
 
 # A request item outlives any redelivery: Lambda keeps retrying an async event for at most 6 hours.
 REQUEST_TTL_SECONDS = 7 * 24 * 3600
@@ -38,6 +39,7 @@ class Delivery(StrEnum):
 class Begun:
     delivery: Delivery
     answer: dict[str, Any] = field(default_factory=dict)
+    intent: Intent | None = None
 
 
 def request_key(request_id: str) -> Mapping[str, Any]:
@@ -77,8 +79,14 @@ class Requests:
         except Refused as refused:
             old = decode_item(refused.old) if refused.old else {}
             return Begun(Delivery.DONE if "answered_at" in old else Delivery.BUSY)
-        answer = decode_item(item).get("answer")
-        return Begun(Delivery.RESUME, dict(answer)) if isinstance(answer, dict) else Begun(Delivery.NEW)
+        values = decode_item(item)
+        answer, intent = values.get("answer"), values.get("intent")
+        if not isinstance(answer, dict):
+            return Begun(Delivery.NEW)
+        where = (
+            Intent(str(intent["key"]), str(intent["sk"]), request_id) if isinstance(intent, dict) else None
+        )
+        return Begun(Delivery.RESUME, dict(answer), where)
 
     def known(self, request_id: str) -> Delivery:
         """What the registry says of a request (a consistent read, no write): DONE when answered
@@ -89,14 +97,39 @@ class Requests:
             return Delivery.DONE
         return Delivery.BUSY if item else Delivery.NEW
 
-    def answer_write(self, request_id: str, answer: Mapping[str, Any], *, now: float) -> Write:
+    def answer_write(
+        self, request_id: str, answer: Mapping[str, Any], *, now: float, intent: Intent | None = None
+    ) -> Write:
         """The answer, decided: one item of the request's last registry transaction, which it
-        cancels when another answer (the deadline's FAILED) was decided first."""
+        cancels when another answer (the deadline's FAILED) was decided first. intent: where the
+        request left its pending change (settled once the answer's delivery is known)."""
+        values: dict[str, Any] = {":answer": dict(answer), ":now": int(now)}
+        update = "SET answer = :answer, decided_at = :now"
+        if intent is not None:
+            update += ", intent = :intent"
+            values[":intent"] = {"key": intent.key, "sk": intent.sk}
         return Write(
             key=request_key(request_id),
-            update="SET answer = :answer, decided_at = :now",
+            update=update,
             condition="attribute_not_exists(answer)",
-            values={":answer": dict(answer), ":now": int(now)},
+            values=values,
+        )
+
+    def outcome(self, request_id: str) -> tuple[dict[str, Any], Intent | None, int | None, int]:
+        """(The answer decided, where its intent is, the HTTP status of its delivery (None: not
+        known), until when an invocation works on it) as the registry says (a consistent read)."""
+        items = self.table.partition(f"REQUEST#{request_id}")
+        item = decode_item(items[0]) if items else {}
+        intent = item.get("intent")
+        where = (
+            Intent(str(intent["key"]), str(intent["sk"]), request_id) if isinstance(intent, dict) else None
+        )
+        status = item.get("http_status")
+        return (
+            dict(item.get("answer") or {}),
+            where,
+            int(status) if status is not None else None,
+            int(item.get("busy_until", 0)),
         )
 
     def decide(self, request_id: str, answer: Mapping[str, Any], *, now: float) -> dict[str, Any]:
