@@ -31,6 +31,9 @@ name in rolekeeper's catalog is caught, not copied):
   receive a ValidationException." (API_Query, ConsistentRead). moto already refuses
   ConsistentRead on a GSI; it answers every index read from the table as it is now, so a lag
   is modelled here (IndexLag, installed when a test passes one).
+- GetAccountAuthorizationDetails is paged: MaxItems (1 to 1,000) defaults to 100, and a
+  truncated answer carries IsTruncated and a Marker for the next page (IAM API reference,
+  "GetAccountAuthorizationDetails"; moto answers everything in one page).
 """
 
 from __future__ import annotations
@@ -171,6 +174,40 @@ def _install_index_lag(monkeypatch: pytest.MonkeyPatch, lag: IndexLag | None) ->
     monkeypatch.setattr(Table, "scan", scan)
 
 
+# IAM's default page for GetAccountAuthorizationDetails when MaxItems is not given.
+AUTHORIZATION_DETAILS_PAGE = 100
+
+
+def _install_authorization_details_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Roles in pages of MaxItems (the other lists, which rolekeeper never asks for, on the first)."""
+    from moto.core.responses import ActionResult
+
+    def paged(self: Any) -> Any:
+        details = self.backend.get_account_authorization_details(self._get_param("Filter", []))
+        size = int(self._get_param("MaxItems") or AUTHORIZATION_DETAILS_PAGE)
+        start = int(self._get_param("Marker") or 0)
+        roles = list(details["roles"])
+        first = start == 0
+        truncated = start + size < len(roles)
+        result: dict[str, Any] = {
+            "UserDetailList": details["users"] if first else [],
+            "GroupDetailList": details["groups"] if first else [],
+            "RoleDetailList": roles[start : start + size],
+            "Policies": details["managed_policies"] if first else [],
+            "IsTruncated": truncated,
+        }
+        if truncated:
+            result["Marker"] = str(start + size)
+        return ActionResult(result)
+
+    monkeypatch.setattr(iam_responses.IamResponse, "get_account_authorization_details", paged)
+
+
+def _install_reads(monkeypatch: pytest.MonkeyPatch, index_lag: IndexLag | None) -> None:
+    _install_index_lag(monkeypatch, index_lag)
+    _install_authorization_details_pages(monkeypatch)
+
+
 def install(
     monkeypatch: pytest.MonkeyPatch,
     tasks: DeletionTasks,
@@ -178,7 +215,7 @@ def install(
     index_lag: IndexLag | None = None,
 ) -> None:
     _install_request_tokens(monkeypatch, tokens if tokens is not None else RequestTokens())
-    _install_index_lag(monkeypatch, index_lag)
+    _install_reads(monkeypatch, index_lag)
     original_create = iam_models.IAMBackend.create_service_linked_role
     monkeypatch.setattr(iam_models.IAMBackend, "roles_by_name", _roles_by_name, raising=False)
 

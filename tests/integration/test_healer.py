@@ -644,19 +644,19 @@ def test_scheduled_reconcile_does_not_recreate_what_a_delete_released_after_its_
     from rolekeeper.aws import iam as iam_ops
 
     created = stack.send("role-ecs-instance-create.json", props={"OnDelete": "Delete"})
-    real_details = iam_ops.role_details
+    real_pages = iam_ops.role_detail_pages
 
-    def delete_after_the_scan():
-        # The stack's Delete lands after the registry was scanned, before IAM is listed.
+    def delete_after_the_scan(*args, **kwargs):
+        # The stack's Delete lands after the registry's first page was read, before IAM is listed.
         response = stack.send(
             "role-ecs-instance-delete.json",
             props={"OnDelete": "Delete"},
             PhysicalResourceId=created["PhysicalResourceId"],
         )
         assert response["Status"] == "SUCCESS"
-        return real_details()
+        return real_pages(*args, **kwargs)
 
-    monkeypatch.setattr(iam_ops, "role_details", delete_after_the_scan)
+    monkeypatch.setattr(iam_ops, "role_detail_pages", delete_after_the_scan)
     result = heal(json.loads((EVENTS / "heal-scheduled.json").read_text()))
     assert result.get("healed", 0) == 0, result
     assert ECS not in [r["RoleName"] for r in iam().list_roles()["Roles"]]

@@ -221,13 +221,19 @@ def profiles_of(name: str) -> list[str]:
     ]
 
 
-def role_details() -> Iterator[dict[str, Any]]:
-    """Every role with its policies, profiles and trust, from GetAccountAuthorizationDetails pages
-    (one call per page rather than several per role)."""
+# GetAccountAuthorizationDetails' largest page: MaxItems is 1 to 1,000 (IAM's default is 100).
+ROLE_DETAILS_PAGE = 1000
+
+
+def role_detail_pages(page_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Every role with its trust, policies, profiles and tags, one GetAccountAuthorizationDetails
+    page at a time (one call per page of up to page_size roles rather than several per role): a
+    caller keeps what it needs of a page before the next one is read. page_size: ROLE_DETAILS_PAGE
+    unless given."""
     paginator = aws.iam().get_paginator("get_account_authorization_details")
-    for page in paginator.paginate(Filter=["Role"]):
-        for detail in page["RoleDetailList"]:
-            yield dict(detail)
+    size = page_size or ROLE_DETAILS_PAGE
+    for page in paginator.paginate(Filter=["Role"], PaginationConfig={"PageSize": size}):
+        yield [dict(detail) for detail in page["RoleDetailList"]]
 
 
 def delete_empty_profile(name: str) -> None:

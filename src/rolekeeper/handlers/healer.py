@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 _built: list[Healer] = []  # once per execution environment, on first use
 _overrides: dict[str, Any] = {}
+# The healer stops starting work this long before Lambda's deadline: what is under way is bounded
+# by the same clock, and the reconcile's cursor, the log, metrics and notices still fit.
+TIMEOUT_MARGIN = 10.0
 
 
 def configure(**overrides: Any) -> None:
@@ -37,6 +40,14 @@ def healer() -> Healer:
     return _built[0]
 
 
+def within(context: LambdaContext) -> Healer:
+    """This environment's healer on a clock bounded by the invocation's deadline less the margin."""
+    base = healer()
+    deadline = base.clock.now() + context.get_remaining_time_in_millis() / 1000.0 - TIMEOUT_MARGIN
+    clock = base.clock.until(deadline)
+    return Healer(base.settings, Registry(base.settings.registry_table_name, clock=clock), clock)
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(correlation_id_path="id", clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -47,7 +58,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             parse(event=event, model=ScheduledEvent)
         except ValidationError:
             return _drop("malformed scheduled event", event)
-        return events.on_schedule(healer(), account=account, event_id=str(event.get("id")))
+        return events.on_schedule(within(context), account=account, event_id=str(event.get("id")))
     try:
         change = parse(event=event, model=CloudTrailEvent)
     except (ValidationError, TypeError, ValueError):
@@ -59,7 +70,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return _drop("failed call, nothing changed", event)
     if not events.watched(change):
         return _drop("event name not watched", event)
-    return events.on_change(healer(), change, account=account)
+    return events.on_change(within(context), change, account=account)
 
 
 def _drop(why: str, event: Any) -> dict[str, Any]:

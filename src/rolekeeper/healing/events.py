@@ -4,7 +4,6 @@ an optional notice and the organization's bus."""
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,19 +28,31 @@ METRIC_FOR = {
 
 
 def on_schedule(healer: Healer, *, account: str, event_id: str) -> dict[str, Any]:
-    results = reconcile_all(healer)
-    for result in results:
-        if result.outcome != Outcome.HEALTHY:
-            _record(result, "object")
-    counts = Counter(str(r.outcome) for r in results)
-    logger.info("reconcile finished", outcomes=dict(counts))
-    _to_org(
-        healer,
-        [(r, "object") for r in results if r.outcome != Outcome.HEALTHY],
-        account,
-        {"type": "schedule", "eventId": event_id},
-    )
-    failed = [r for r in results if r.outcome == Outcome.FAILED]
+    done = reconcile_all(healer)
+    for result in done.notable:
+        _record(result, "object")
+    counts = dict(done.counts)
+    cycle = done.cycle
+    where: dict[str, Any] = {
+        "checked": done.checked,
+        "resumed_after": done.resumed_after or None,
+        "cycle_runs": cycle.runs if cycle else 0,
+        "cycle_checked": cycle.checked if cycle else done.checked,
+    }
+    if done.complete:
+        logger.info("reconcile finished", outcomes=counts, **where)
+    else:
+        # The next run resumes after done.position (the registry's reconcile cursor).
+        logger.warning(
+            "reconcile stopped early; the next run resumes where it stopped",
+            why=done.stopped_why,
+            outcomes=counts,
+            stopped_after=done.position or None,
+            **where,
+        )
+        metrics.add_metric(name="ReconcileStoppedEarly", unit="Count", value=1)
+    _to_org(healer, [(r, "object") for r in done.notable], account, {"type": "schedule", "eventId": event_id})
+    failed = [r for r in done.notable if r.outcome == Outcome.FAILED]
     if failed:
         notify(
             healer.settings.notification_topic_arn,
@@ -49,7 +60,12 @@ def on_schedule(healer: Healer, *, account: str, event_id: str) -> dict[str, Any
             "\n".join(f"{r.name}: {r.detail}" for r in failed),
         )
         raise RuntimeError(f"reconcile failed for {len(failed)} object(s): {failed[0].name}")
-    return {"outcome": "reconciled", **counts}
+    return {
+        "outcome": "reconciled" if done.complete else "stopped-early",
+        **counts,
+        "checked": done.checked,
+        "complete": done.complete,
+    }
 
 
 def on_change(healer: Healer, change: CloudTrailEvent, *, account: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@ Item conversion lives in items.py; the table's writes in table.py; each store on
 
 from __future__ import annotations
 
-from rolekeeper.aws.registry.items import OBJECT
+from rolekeeper.aws.registry.cursor import Cursors
+from rolekeeper.aws.registry.items import OBJECT, Cursor
 from rolekeeper.aws.registry.leases import Lease, Leases, LeaseState
 from rolekeeper.aws.registry.objects import Change, Fence, FenceMoved, Objects
 from rolekeeper.aws.registry.requests import Begun, Delivery, Requests
@@ -17,6 +18,7 @@ class Registry:
         self.objects = Objects(self.table)
         self.leases = Leases(self.table)
         self.requests = Requests(self.table)
+        self.cursor = Cursors(self.table)
 
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "TABLE_SCHEMA",
     "Begun",
     "Change",
+    "Cursor",
+    "Cursors",
     "Delivery",
     "Fence",
     "FenceMoved",

@@ -12,7 +12,8 @@ upgrades it (objects.py): claims get their wants, `desired` goes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +23,10 @@ from rolekeeper.domain.records import CLAIM, Claim, Kind, Lease, Pending, Record
 
 OBJECT = "OBJECT"
 REQUEST = "REQUEST"
+# The scheduled reconcile's cursor: one item of its own (pk RECONCILE, sk CURSOR), neither an
+# object nor a claim, skipped by every reader of objects.
+RECONCILE = "RECONCILE"
+CURSOR = "CURSOR"
 FORMAT = 2
 
 _SERIALIZER = TypeSerializer()
@@ -167,6 +172,56 @@ def group(items: Iterable[Mapping[str, Any]]) -> list[Record]:
         elif sk.startswith(CLAIM):
             claims.setdefault(pk, []).append(claim_of(values))
     return [record_of(values, claims.get(pk, [])) for pk, values in objects.items()]
+
+
+def grouped(items: Iterable[Mapping[str, Any]]) -> Iterator[Record]:
+    """group(), one key at a time, for items in Scan order: DynamoDB keeps one key's items (its
+    item collection) together, in sort key order, so a key's claims and object item arrive one
+    after the other and only one key's items are held at a time. (Were a key's items ever split,
+    a record would lack some claims: its check sees less wanted, and a heal reads the record
+    again, whole, before it repairs anything.)"""
+    key: str | None = None
+    batch: list[Mapping[str, Any]] = []
+    for raw in items:
+        pk = str(raw["pk"]["S"])
+        if pk != key:
+            yield from group(batch)
+            key, batch = pk, []
+        batch.append(raw)
+    yield from group(batch)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the scheduled reconcile stopped: the key of the last object it checked, and the
+    cycle so far (its first run's start, the runs that stopped early, the objects checked)."""
+
+    after: str
+    started_at: float
+    runs: int
+    checked: int
+
+
+def cursor_key() -> dict[str, Any]:
+    return key_of(RECONCILE, CURSOR)
+
+
+def cursor_values(cursor: Cursor) -> dict[str, Any]:
+    return {
+        "after_key": cursor.after,
+        "started_at": round(cursor.started_at, 3),
+        "runs": cursor.runs,
+        "checked": cursor.checked,
+    }
+
+
+def cursor_of(values: Mapping[str, Any]) -> Cursor:
+    return Cursor(
+        after=str(values.get("after_key", "")),
+        started_at=float(values.get("started_at", 0)),
+        runs=int(values.get("runs", 0)),
+        checked=int(values.get("checked", 0)),
+    )
 
 
 def _storable(value: Any) -> Any:

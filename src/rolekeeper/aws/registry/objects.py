@@ -17,10 +17,13 @@ from typing import Any
 from rolekeeper.aws.registry.items import (
     FORMAT,
     OBJECT,
+    RECONCILE,
+    REQUEST,
     claim_item,
     claim_of,
     decode_item,
     group,
+    grouped,
     key_of,
     object_key,
     record_of,
@@ -78,8 +81,16 @@ class Objects:
         return records[0] if records else None
 
     def all(self) -> Iterator[Record]:
-        """Every object with its claims: the table scanned in pages (request markers skipped)."""
-        return iter(group(item for item in self.table.scan() if str(item["sk"]["S"]) != "REQUEST"))
+        """Every object with its claims: the table scanned in pages (request markers and the
+        reconcile's cursor skipped)."""
+        return iter(group(item for item in self.table.scan() if _object_or_claim(item)))
+
+    def sweep(self, after: str | None = None) -> Iterator[Record]:
+        """Every object with its claims, one at a time in Scan order, its pages read as they are
+        needed: from the start, or after the object keyed `after` (where an earlier sweep stopped:
+        that key's claims sort before its object item, so none of its items is read again)."""
+        start = object_key(after) if after else None
+        return grouped(item for item in self.table.scan(after=start) if _object_or_claim(item))
 
     def grants_naming(self, role_name: str) -> list[Record]:
         """Grant records made for a role (found through an eventually consistent index, then each
@@ -359,6 +370,10 @@ class Objects:
         return [
             claim_of(decode_item(i)) for i in self.table.partition(key) if str(i["sk"]["S"]).startswith(CLAIM)
         ]
+
+
+def _object_or_claim(item: Mapping[str, Any]) -> bool:
+    return str(item["sk"]["S"]) != REQUEST and str(item["pk"]["S"]) != RECONCILE
 
 
 def claim_key(key: str, stack_id: str, logical_id: str) -> Mapping[str, Any]:
