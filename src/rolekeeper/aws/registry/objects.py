@@ -2,8 +2,8 @@
 transition) and the deletion lifecycle (present -> deleting, one writer -> absent).
 
 A fence says what must still hold for a write to land: the version the writer planned from (or
-only "present and not being deleted", for a writer that only adds), the writer's own heal lease
-or no one else's, the object still claimed. When it moved, the write raises FenceMoved and the
+only "present and not being deleted", for a writer that only adds to a record this version
+wrote), the writer's own heal lease or no one else's, the object still claimed. When it moved, the write raises FenceMoved and the
 writer reads again and plans again (rolekeeper.transition).
 """
 
@@ -34,7 +34,7 @@ from rolekeeper.domain.errors import HealInProgress, ObjectGone
 from rolekeeper.domain.records import CLAIM, Claim, Kind, Record, State, claim_sk
 
 # A transaction holds at most 100 items; an upgrade of a 0.1.0 record rewrites its claims in the
-# write's own transaction only while they fit.
+# write's own transaction only while they fit (else the record keeps 0.1.0's form a while longer).
 TRANSACTION_ITEMS = 100
 
 
@@ -115,7 +115,11 @@ class Objects:
         """Apply change (object attributes, added pieces, one claim put or released) in one
         transaction, only if fence still holds; `also` joins the same transaction (the request's
         answer). Raises FenceMoved when it does not (answered=True: an `also` item refused)."""
-        writes = [self._object_write(key, fence, change, now), *self._claim_writes(key, fence, change)]
+        upgrade = _upgrade(fence, change, room=TRANSACTION_ITEMS - 1 - len(also))
+        writes = [
+            self._object_write(key, fence, change, now, upgrade),
+            *self._claim_writes(key, fence, change, upgrade),
+        ]
         writes += list(also)
         try:
             self.table.transact(writes)
@@ -123,13 +127,15 @@ class Objects:
             answered = any(refused.failed(i) for i in range(len(writes) - len(also), len(writes)))
             raise FenceMoved(key, refused.codes, answered=answered) from None
 
-    def _object_write(self, key: str, fence: Fence, change: Change, now: float) -> Write:
+    def _object_write(
+        self, key: str, fence: Fence, change: Change, now: float, upgrade: list[Claim] | None
+    ) -> Write:
         read = fence.read
-        names: dict[str, str] = {"#version": "version", "#kind": "kind", "#format": "format"}
-        values: dict[str, Any] = {":one": 1, ":kind": str(change.kind), ":format": FORMAT, ":now": int(now)}
-        sets = ["#kind = :kind", "#format = :format", "updated_at = :now"]
+        names: dict[str, str] = {"#version": "version", "#kind": "kind"}
+        values: dict[str, Any] = {":one": 1, ":kind": str(change.kind), ":now": int(now)}
+        sets, removes = _format_parts(read, upgrade, names, values)
+        sets += ["#kind = :kind", "updated_at = :now"]
         adds = ["#version :one"]  # never SET: a writer that did not check it must not move it back
-        removes = []
         if change.created:
             sets.append("created = :true")
             values[":true"] = True
@@ -170,8 +176,6 @@ class Objects:
             values[":minus"] = -1
         if change.end_lease:
             removes += ["heal_lease", "heal_lease_by"]
-        if read is not None and read.legacy_desired is not None:
-            removes += ["desired", "pieces_tracked"]  # 0.1.0's copy of the spec: derived now
         expression = "SET " + ", ".join(sets) + " ADD " + ", ".join(adds)
         if removes:
             expression += " REMOVE " + ", ".join(removes)
@@ -191,7 +195,9 @@ class Objects:
         names["#state"] = "state"
         values[":deleting"] = str(State.DELETING)
         conditions = ["attribute_exists(#kind)", "(attribute_not_exists(#state) OR #state <> :deleting)"]
-        if fence.exact:
+        # A write planned from a record as 0.1.0 left it also writes its upgrade (every claim as
+        # read, the added pieces 0.1.0 counted): only onto that record, never over a newer write.
+        if fence.exact or read.format < FORMAT or read.legacy_desired is not None:
             values[":version"] = read.version
             conditions.append("#version = :version" if read.version else "attribute_not_exists(#version)")
         if fence.lease:
@@ -204,7 +210,9 @@ class Objects:
             conditions.append("claim_count > :zero")
         return " AND ".join(conditions)
 
-    def _claim_writes(self, key: str, fence: Fence, change: Change) -> list[Write]:
+    def _claim_writes(
+        self, key: str, fence: Fence, change: Change, upgrade: list[Claim] | None
+    ) -> list[Write]:
         read = fence.read
         writes = []
         if change.claim is not None:
@@ -220,22 +228,10 @@ class Objects:
             writes.append(
                 Write(key=key_of(key, change.release.sk), delete=True, condition="attribute_exists(sk)")
             )
-        if read is not None and read.legacy_desired is not None:
-            # Upgrade a 0.1.0 record: a claim that never stored its wants gets the object's spec.
-            mentioned = {c.sk for c in (change.claim, change.release) if c is not None}
-            legacy = [c for c in read.claims if c.wants is None and c.sk not in mentioned]
-            if len(writes) + len(legacy) + 2 <= TRANSACTION_ITEMS:
-                for claim in legacy:
-                    upgraded = Claim(
-                        claim.stack_id, claim.logical_id, claim.heal, claim.on_delete, read.legacy_desired
-                    )
-                    writes.append(
-                        Write(
-                            key=key_of(key, claim.sk),
-                            put=claim_item(key, upgraded),
-                            condition="attribute_exists(sk)",
-                        )
-                    )
+        for claim in upgrade or ():
+            writes.append(
+                Write(key=key_of(key, claim.sk), put=claim_item(key, claim), condition="attribute_exists(sk)")
+            )
         return writes
 
     # --- claims outside a converge --------------------------------------------------------------
@@ -374,6 +370,40 @@ class Objects:
 
 def _object_or_claim(item: Mapping[str, Any]) -> bool:
     return str(item["sk"]["S"]) != REQUEST and str(item["pk"]["S"]) != RECONCILE
+
+
+def _format_parts(
+    read: Record | None, upgrade: list[Claim] | None, names: dict[str, str], values: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The SET and REMOVE parts of an object write that say which format the item is in after it."""
+    if read is not None and read.legacy_desired is not None and upgrade is None:
+        # A 0.1.0 record whose claims do not fit in this write's transaction stays as 0.1.0 keeps
+        # it: its `desired` is what its claims without wants ask for.
+        values[":tracked"] = True
+        return ["pieces_tracked = :tracked"], []
+    names["#format"] = "format"
+    values[":format"] = FORMAT
+    # An upgrade drops 0.1.0's copy of the spec (derived from the claims now).
+    return ["#format = :format"], (["desired", "pieces_tracked"] if upgrade is not None else [])
+
+
+def _upgrade(fence: Fence, change: Change, *, room: int) -> list[Claim] | None:
+    """The claims of a record read as 0.1.0 left it, written again in format 2 by the write (their
+    wants as a map; a claim that never stored its wants gets the object's `desired`), when they
+    fit in its transaction (room: items left besides the object's). None: nothing to upgrade, or
+    they do not fit (the record stays as it is)."""
+    read = fence.read
+    if read is None or read.legacy_desired is None:
+        return None
+    mentioned = {c.sk for c in (change.claim, change.release) if c is not None}
+    claims = [
+        Claim(
+            c.stack_id, c.logical_id, c.heal, c.on_delete, read.legacy_desired if c.wants is None else c.wants
+        )
+        for c in read.claims
+        if c.sk not in mentioned
+    ]
+    return claims if len(mentioned) + len(claims) <= room else None
 
 
 def claim_key(key: str, stack_id: str, logical_id: str) -> Mapping[str, Any]:
