@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CLOCK, rebuild_handlers  # noqa: F401
 from tools import demo
+from tools.devkit.handlers import rebuild_handlers
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP = re.compile(r"^(\d+)\. ")
