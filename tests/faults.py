@@ -22,9 +22,7 @@ whatever ours returned; a faulted request's URL is pointed away from AWS so moto
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import re
 import time
 import types
@@ -334,46 +332,3 @@ class Faults:
         if armed.fault == CONFLICT:
             return conflict_response(url, operation, request.body, armed.item)
         return error_response(url, operation, armed.fault)
-
-
-@cache
-def _session() -> Any:
-    import boto3
-
-    return boto3.session.Session()
-
-
-@cache
-def plain(service: str) -> Any:
-    """A client of the tests' own for reading AWS back: not rolekeeper's (not faulted, not counted).
-    Made once: moto's stub answers any client while a mock is active."""
-    return _session().client(service)
-
-
-@contextmanager
-def fast_aws(monkeypatch: pytest.MonkeyPatch, tasks: Any = None, *, index_lag: Any = None) -> Iterator[None]:
-    """conftest's `aws` fixture (moto, the fidelity layer, the registry table), cheap enough to run
-    hundreds of times: one boto3 session for the whole run (moto resets boto3's default session on
-    start, and each new one parses every service model again). Fake credentials, the region and
-    the few AWS managed policies moto loads come from conftest. index_lag: a fidelity.IndexLag,
-    for a test that makes the table's global secondary indexes lag behind."""
-    import boto3
-    from moto import mock_aws
-
-    from rolekeeper.aws.registry import TABLE_SCHEMA
-    from tests import fidelity
-    from tests.conftest import reset_clients
-
-    fidelity.install(
-        monkeypatch, tasks if tasks is not None else fidelity.DeletionTasks(), index_lag=index_lag
-    )
-    with mock_aws():
-        boto3.DEFAULT_SESSION = _session()  # moto puts its own value back on stop
-        reset_clients()
-        plain("dynamodb").create_table(
-            TableName=os.environ["REGISTRY_TABLE_NAME"], **copy.deepcopy(TABLE_SCHEMA)
-        )
-        try:
-            yield
-        finally:
-            reset_clients()

@@ -39,7 +39,6 @@ import json
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +47,13 @@ from typing import Any
 
 import pytest
 
-from tests import cloudformation
-from tests.conftest import ACCOUNT, CLOCK, LambdaContext, Sent, load_event, rebuild_handlers
+from tools.devkit import cloudformation
+from tools.devkit.clock import CLOCK
+from tools.devkit.environment import ACCOUNT
+from tools.devkit.events import load_event, request_event, stack_id
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
+from tools.devkit.responses import Sent
 
 HOOKED = ("iam", "kms", "dynamodb")
 HEALER_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:rolekeeper-HealerFunction"
@@ -438,7 +442,7 @@ class Held:
 
 class World:
     """Stacks, the healer and CloudFormation's view of what each stack holds. send() plays
-    CloudFormation's part for one request (tests/cloudformation.py); create/update/delete add
+    CloudFormation's part for one request (tools/devkit/cloudformation.py); create/update/delete add
     what CloudFormation does next with the answer (a rollback Delete after a FAILED Create, the
     cleanup Delete of a replaced physical id, the rollback Update after a FAILED Update, the
     operator's retry of a FAILED Delete)."""
@@ -489,9 +493,7 @@ class World:
         self.journal.clear()
         self.heals.clear()
 
-    @staticmethod
-    def stack_id(stack: str) -> str:
-        return f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/{stack}/0f1e2d3c-{abs(hash(stack)) % 10**8:08d}"
+    stack_id = staticmethod(stack_id)
 
     def event(
         self,
@@ -504,17 +506,14 @@ class World:
         old_props: dict[str, Any] | None = None,
         logical_id: str | None = None,
     ) -> dict[str, Any]:
-        """events/<event_file> as this stack's CloudFormation sends it (a fresh RequestId)."""
-        event = load_event(event_file)
-        event["StackId"] = self.stack_id(stack)
-        event["RequestId"] = str(uuid.uuid4())
-        if logical_id:
-            event["LogicalResourceId"] = logical_id
+        """events/<event_file> as this stack's CloudFormation sends it (a fresh RequestId); old_props
+        are the new properties but for these."""
+        overrides: dict[str, Any] = {}
         if request_type:
-            event["RequestType"] = request_type
+            overrides["RequestType"] = request_type
         if physical_id is not None:
-            event["PhysicalResourceId"] = physical_id
-        event["ResourceProperties"].update(props or {})
+            overrides["PhysicalResourceId"] = physical_id
+        event = request_event(event_file, stack, logical_id=logical_id, props=props, **overrides)
         if old_props is not None:
             event["OldResourceProperties"] = {**event["ResourceProperties"], **old_props}
         return event
@@ -653,7 +652,6 @@ class World:
         """The provisioner's schedule once every invocation's deadline passed: it settles what an
         invocation left pending (a release whose second phase met a fault, say)."""
         from rolekeeper.handlers import custom_resource
-        from tests.conftest import CLOCK
 
         CLOCK[0].offset += 3600
         event = {
@@ -684,7 +682,7 @@ SAVED_SERVICES = ("iam", "kms", "dynamodb", "sts")
 
 def save_aws() -> dict[str, dict[str, dict[str, Any]]]:
     """A deep copy of moto's backends for the services rolekeeper uses (not CloudFormation: the
-    double in tests/cloudformation.py answers for it)."""
+    double in tools/devkit/cloudformation.py answers for it)."""
     from moto.backends import get_backend
 
     saved: dict[str, dict[str, dict[str, Any]]] = {}
@@ -737,7 +735,7 @@ def _grant_ids(kms: Any, key_arn: str) -> set[str]:
 
 
 def registry_items() -> list[dict[str, Any]]:
-    from tests.faults import plain
+    from tools.devkit.embedded import plain
 
     items: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"TableName": REGISTRY, "ConsistentRead": True}
@@ -784,7 +782,7 @@ def broken_invariants(  # noqa: PLR0915 - the invariants, in order
     (vi)-(ix): see the functions of those names below.
     """
     from rolekeeper.domain.records import object_key
-    from tests.faults import plain
+    from tools.devkit.embedded import plain
 
     iam, kms = plain("iam"), plain("kms")
     broken: list[str] = []
@@ -889,7 +887,7 @@ def claims_without_their_holder(world: World, claims: dict[str, list[dict[str, A
 def grants_no_record_names(world: World, objects: dict[str, dict[str, Any]]) -> list[str]:
     """(vii) no live rolekeeper-made grant on a key (the pair's notes["key_arn"]) that no record
     names: nothing would ever revoke it."""
-    from tests.faults import plain
+    from tools.devkit.embedded import plain
 
     key_arn = world.notes.get("key_arn")
     if not key_arn:
@@ -909,7 +907,7 @@ def unwanted_policies(world: World) -> list[str]:
     managed policy that no resource CloudFormation holds asks for."""
     import os
 
-    from tests.faults import plain
+    from tools.devkit.embedded import plain
 
     allowed = set(filter(None, os.environ.get("ALLOWED_MANAGED_POLICY_ARNS", "").split(",")))
     wanted: dict[str, set[str]] = {}
@@ -942,7 +940,7 @@ def recreated_after_release(history: History, claims: dict[str, list[dict[str, A
     """(viii) nothing recreated after its last release: a role that a write of the schedule left
     without any claim, and that is unclaimed at the end, was not created again after that write
     (unless it was deleted again: then it is not there)."""
-    from tests.faults import plain
+    from tools.devkit.embedded import plain
 
     iam, broken = plain("iam"), []
     names = {h.role_name for h in history.events if h.operation == "CreateRole" and h.ok and h.role_name}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make sam-local: every file in events/ through `sam local invoke`, in a Lambda-like container,
 # against the embedded AWS. Installs what it needs (Debian packages, the base image, `sam build`),
-# then runs tools/sam_local.py in a network namespace of its own (loopback and Docker's bridge
-# only; no route anywhere else). Where containers cannot run here (not root, no kernel support,
+# then runs `python -m tools.sam_local run` in a network namespace of its own (loopback and Docker's
+# bridge only; no route anywhere else). Where containers cannot run here (not root, no kernel support,
 # no apt) it says why and exits 0, unless SAM_LOCAL_REQUIRED=1.
 #
 #   tools/sam_local.sh <sam> <python of the project venv> [<dir with python3.13>]

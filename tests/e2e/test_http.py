@@ -2,9 +2,10 @@
 real sender (rolekeeper.aws.responses.put) to a local receiver standing in for CloudFormation.
 
 Nothing here patches rolekeeper. The moto server is made to behave as AWS where rolekeeper depends
-on it (tests/fidelity.py, installed by tools.local_aws.embedded_aws), plus one thing only a server
-needs: moto handles requests in threads without locking, where AWS makes CreateServiceLinkedRole
-(one name per account) and DynamoDB writes (per item) atomic; `_atomic_server` restores that.
+on it (tools/devkit/fidelity, installed by tools.devkit.embedded.moto_server), plus one thing only
+a server needs: moto handles requests in threads without locking, where AWS makes
+CreateServiceLinkedRole (one name per account) and DynamoDB writes (per item) atomic;
+`_atomic_server` restores that.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,8 +28,12 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, CLOCK, EVENTS, OPT_IN, rebuild_handlers  # noqa: F401
-from tools.local_aws import REGION, Context, Receiver, embedded_aws, free_port
+from tools.devkit.embedded import moto_server
+from tools.devkit.environment import OPT_IN
+from tools.devkit.events import request_event as stack_request
+from tools.devkit.events import stack_id
+from tools.devkit.lambda_context import LambdaContext
+from tools.devkit.responses import Receiver, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -78,15 +82,6 @@ class ServerCalls:
     create_service_linked_role: int = 0
 
 
-def _clear_caches() -> None:
-    from rolekeeper.aws import clients as aws
-    from rolekeeper.config import settings
-
-    aws.client.cache_clear()
-    settings.cache_clear()
-    rebuild_handlers()
-
-
 def _atomic_server(patcher: pytest.MonkeyPatch, calls: ServerCalls) -> None:
     from moto.dynamodb.models import DynamoDBBackend
     from moto.iam import models as iam_models
@@ -110,22 +105,11 @@ def _atomic_server(patcher: pytest.MonkeyPatch, calls: ServerCalls) -> None:
         atomic(DynamoDBBackend, name)
 
 
-def _forget_moto_state() -> None:
-    """The server kept its state in moto's in-process backends: drop it so no later test sees it.
-    (BackendDict.reset() would also rebuild IAM's managed policies at once, ~2 s; mock_aws resets
-    on its own start anyway.)"""
-    from moto.core.base_backend import BackendDict, backend_lock
-
-    with backend_lock:
-        for backend in BackendDict._instances:
-            backend.clear()
-
-
 @dataclass
 class LocalAws:
     receiver: Receiver
     bodies: CountingBodies
-    tasks: Any  # tests.fidelity.DeletionTasks
+    tasks: Any  # tools.devkit.fidelity.DeletionTasks
     calls: ServerCalls
     endpoint: str
 
@@ -143,67 +127,32 @@ class LocalAws:
 
 @pytest.fixture
 def local_aws() -> Iterator[LocalAws]:
-    """A moto server and a receiver on 127.0.0.1; os.environ and rolekeeper's caches restored after."""
-    import logging
-
+    """A moto server and a receiver on 127.0.0.1 (os.environ, moto and rolekeeper's clients put
+    back by moto_server after)."""
     from rolekeeper.handlers import custom_resource
 
     # The response must travel through the real sender (not the conftest `sent` recorder).
     custom_resource.configure()
-    saved_environ = dict(os.environ)
-    werkzeug = logging.getLogger("werkzeug")
-    werkzeug_level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)
-    _clear_caches()
     bodies = CountingBodies()
     receiver = Receiver(bodies=bodies).start()
     try:
-        with embedded_aws(asynchronous_slr_deletion=True) as tasks:
-            _clear_caches()
+        with moto_server(asynchronous_slr_deletion=True) as tasks:
             patcher = pytest.MonkeyPatch()
             calls = ServerCalls()
             try:
                 _atomic_server(patcher, calls)
                 yield LocalAws(receiver, bodies, tasks, calls, os.environ["AWS_ENDPOINT_URL"])
             finally:
-                patcher.undo()  # before embedded_aws undoes the fidelity layer it wraps
+                patcher.undo()  # before moto_server undoes the fidelity layer it wraps
     finally:
         receiver.stop()
-        os.environ.clear()
-        os.environ.update(saved_environ)
-        werkzeug.setLevel(werkzeug_level)
-        _clear_caches()
-        _forget_moto_state()
 
 
 # --- requests as CloudFormation sends them -----------------------------------------------------
 
 
-def stack_id(stack: str) -> str:
-    return f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{stack}/{uuid.uuid5(uuid.NAMESPACE_DNS, stack)}"
-
-
-def request_event(
-    receiver: Receiver,
-    event_file: str,
-    stack: str,
-    logical_id: str | None = None,
-    props: dict[str, Any] | None = None,
-    old_props: dict[str, Any] | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:
-    event = json.loads((EVENTS / event_file).read_text())
-    request_id = str(uuid.uuid4())
-    event["StackId"] = stack_id(stack)
-    event["RequestId"] = request_id
-    event["ResponseURL"] = receiver.url(request_id)
-    if logical_id:
-        event["LogicalResourceId"] = logical_id
-    event["ResourceProperties"].update(props or {})
-    if old_props is not None:
-        event["OldResourceProperties"] = {**event.get("OldResourceProperties", {}), **old_props}
-    event.update(overrides)
-    return event
+def request_event(receiver: Receiver, event_file: str, stack: str, **kwargs: Any) -> dict[str, Any]:
+    return stack_request(event_file, stack, response_url=receiver.url, **kwargs)
 
 
 def send(local: LocalAws, event_file: str, stack: str, **kwargs: Any) -> dict[str, Any]:
@@ -211,7 +160,7 @@ def send(local: LocalAws, event_file: str, stack: str, **kwargs: Any) -> dict[st
     from rolekeeper.handlers.custom_resource import lambda_handler
 
     event = request_event(local.receiver, event_file, stack, **kwargs)
-    returned = lambda_handler(copy.deepcopy(event), Context())
+    returned = lambda_handler(copy.deepcopy(event), LambdaContext())
     request_id = event["RequestId"]
     assert local.bodies.puts[request_id] == 1, "exactly one response per request, delivered over HTTP"
     body = local.bodies[request_id]
@@ -604,7 +553,7 @@ def _timed_create(local: LocalAws, response_url: str) -> tuple[float, dict[str, 
 
     event = request_event(local.receiver, "slr-create.json", "unreachable", ResponseURL=response_url)
     start = time.monotonic()
-    returned = lambda_handler(event, Context())
+    returned = lambda_handler(event, LambdaContext())
     return time.monotonic() - start, returned
 
 

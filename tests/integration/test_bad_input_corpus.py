@@ -26,9 +26,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests import cloudformation
-from tests.conftest import CLOCK, EVENTS, OPT_IN, LambdaContext, Sent, rebuild_handlers  # noqa: F401
-from tests.faults import fast_aws, plain
+from tools.devkit import cloudformation
+from tools.devkit.embedded import fast_aws, plain
+from tools.devkit.environment import OPT_IN
+from tools.devkit.events import EVENTS
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
+from tools.devkit.responses import Sent
 
 ACCOUNT = "123456789012"
 REGISTRY = "rolekeeper-test-registry"

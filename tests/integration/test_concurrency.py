@@ -21,9 +21,11 @@ from rolekeeper.domain.records import role_key
 from rolekeeper.provisioning import service
 from rolekeeper.provisioning.context import Context
 from rolekeeper.provisioning.requests import Request
-from tests.conftest import CLOCK, LambdaContext, Stack
+from tests.conftest import Stack
 from tests.faults import NOWHERE, _Body
 from tests.integration.test_faults import ECS, SPOT_FLEET, Env, env, ok
+from tools.devkit.clock import CLOCK
+from tools.devkit.lambda_context import LambdaContext
 
 __all__ = ["env"]
 
@@ -78,7 +80,7 @@ def registry() -> Registry:
 
 def direct(stack: Stack, event_file: str, props: dict[str, Any] | None = None) -> Any:
     """Another stack's request carried out by a provisioner of its own (another invocation)."""
-    from tests.conftest import load_event
+    from tools.devkit.events import load_event
 
     event = load_event(event_file, StackId=stack.stack_id)
     event["ResourceProperties"].update(props or {})
@@ -91,7 +93,7 @@ def direct(stack: Stack, event_file: str, props: dict[str, Any] | None = None) -
         physical_id=event.get("PhysicalResourceId"),
         request_id=event["RequestId"],
     )
-    from tests.conftest import CLOCK
+    from tools.devkit.clock import CLOCK
 
     ctx = Context(settings(), registry(), CLOCK[0].clock())
     return (
@@ -286,8 +288,8 @@ def test_an_update_abandoned_at_the_deadline_puts_the_claim_back_as_it_was(env: 
 def test_the_scheduled_reconcile_reissues_a_grant_made_for_a_replaced_grantee(env: Env):
     """Before: the reconcile only checked that the grant id exists (it does: KMS keeps a grant to
     a deleted role's old id), so a stale grant looked healthy."""
-    from tests.conftest import load_event
     from tests.integration.test_faults import _grant_act, _grant_setup
+    from tools.devkit.events import load_event
 
     _grant_setup(env)
     granted = _grant_act(env)

@@ -1,5 +1,5 @@
 """`make demo`: every step names what it changed in AWS and the registry, and the run ends with
-what to do next. The demo runs as `make demo` runs it (tools.demo.main on the embedded moto
+what to do next. The demo runs as `make demo` runs it (tools.demo.run.main on the embedded moto
 server); its snapshots of AWS are recorded as it takes them and each step's printed lines are
 checked against the difference between the snapshot before and the one after."""
 
@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CLOCK, rebuild_handlers  # noqa: F401
-from tools import demo
+from tools.demo import run as demo
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP = re.compile(r"^(\d+)\. ")
@@ -23,29 +22,15 @@ STEP = re.compile(r"^(\d+)\. ")
 
 @pytest.fixture
 def isolated() -> Iterator[None]:
-    """The demo points os.environ at its own moto server: put everything back afterwards."""
-    from moto.core.base_backend import BackendDict, backend_lock
+    """The demo points os.environ at its own moto server (tools.devkit.embedded.moto_server), which
+    puts it back, with moto's state and rolekeeper's clients, when the demo ends."""
 
-    from rolekeeper.aws import clients as aws
-    from rolekeeper.config import settings
+    def environ() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
-    def clear() -> None:
-        aws.client.cache_clear()
-        settings.cache_clear()
-        rebuild_handlers()
-        rebuild_handlers()
-
-    saved = dict(os.environ)
-    clear()
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        clear()
-        with backend_lock:  # the server kept its state in moto's in-process backends
-            for backend in BackendDict._instances:
-                backend.clear()
+    saved = environ()
+    yield
+    assert environ() == saved, "the demo left os.environ changed"
 
 
 def _sections(text: str) -> dict[int, list[str]]:

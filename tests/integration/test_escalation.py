@@ -5,7 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from tests.conftest import CLOCK, OPT_IN, rebuild_handlers  # noqa: F401
+from tools.devkit.environment import OPT_IN
+from tools.devkit.handlers import rebuild_handlers
 
 ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
 

@@ -19,29 +19,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    ACCOUNT,
-    CLOCK,
-    EVENTS,
-    OPT_IN,
-    LambdaContext,
-    Sent,
-    Stack,
-    healer_event,
-    rebuild_handlers,
-)
-from tests.faults import (
-    DENIED,
-    FAULTS,
-    SERVICE,
-    TIMEOUT,
-    TRANSIENT,
-    UNAVAILABLE,
-    Faults,
-    error_code,
-    fast_aws,
-    plain,
-)
+from tests.conftest import Stack
+from tests.faults import DENIED, FAULTS, SERVICE, TIMEOUT, TRANSIENT, UNAVAILABLE, Faults, error_code
+from tools.devkit.clock import CLOCK
+from tools.devkit.embedded import fast_aws, plain
+from tools.devkit.environment import ACCOUNT, OPT_IN
+from tools.devkit.events import EVENTS, healer_event
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
+from tools.devkit.responses import Sent
 
 ECS = "ecsInstanceRole"
 ECS_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
@@ -109,7 +95,7 @@ class Env:
 
 @pytest.fixture
 def env(stack: Stack, sent: Sent, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    """conftest's aws/stack/sent (moto cheap enough for ~350 tests: tests/faults.py fast_aws), the
+    """conftest's aws/stack/sent (moto cheap enough for ~350 tests: tools/devkit/embedded.fast_aws), the
     healer as EventBridge calls it (no sleeps, no SNS), and faults hooked into rolekeeper's clients."""
     from rolekeeper.handlers import healer
     from rolekeeper.healing import service as healing

@@ -11,10 +11,13 @@ import boto3
 import pytest
 
 from rolekeeper.domain.records import role_key
-from tests import cloudformation
-from tests.conftest import CLOCK, LambdaContext, Stack, load_event
+from tests.conftest import Stack
 from tests.integration.test_ownership import APP_BOUNDARY, claims, owner_boundary
 from tests.integration.test_service_role import attached, boundary, get_role, registry
+from tools.devkit import cloudformation
+from tools.devkit.clock import CLOCK
+from tools.devkit.events import load_event
+from tools.devkit.lambda_context import LambdaContext
 
 APP = "app-victim"
 ROLE = "WebAppRole"

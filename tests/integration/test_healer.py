@@ -14,7 +14,11 @@ import pytest
 
 from rolekeeper.aws.registry import Change, Fence, FenceMoved, Leases, Objects, Registry
 from rolekeeper.domain.records import role_key
-from tests.conftest import CLOCK, EVENTS, OPT_IN, LambdaContext, healer_event, rebuild_handlers
+from tools.devkit.clock import CLOCK
+from tools.devkit.environment import OPT_IN
+from tools.devkit.events import EVENTS, healer_event
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
 
 ECS = "ecsInstanceRole"
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"

@@ -1,6 +1,6 @@
 """Pairs of operations through every interleaving up to a bound (tests/interleave.py).
 
-Each schedule runs in a fresh moto (tests/faults.fast_aws): the pair's setup (sequential), the two
+Each schedule runs in a fresh moto (tools/devkit/embedded.fast_aws): the pair's setup (sequential), the two
 operations in two threads switching only at AWS calls as the schedule says, the invariants
 (tests/interleave.broken_invariants); then the epilogue (every stack still holding the resource
 deletes it, then the scheduled reconcile runs) and the invariants again, with (v) for the roles
@@ -27,8 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EVENTS, OPT_IN, healer_event
-from tests.faults import Faults, fast_aws, plain
+from tests.faults import Faults
 from tests.interleave import (
     Exploration,
     Run,
@@ -39,6 +38,9 @@ from tests.interleave import (
     explore,
 )
 from tests.staging import Deadline
+from tools.devkit.embedded import fast_aws, plain
+from tools.devkit.environment import OPT_IN
+from tools.devkit.events import EVENTS, healer_event
 
 ECS = "ecsInstanceRole"
 ECS_CREATE = "role-ecs-instance-create.json"

@@ -7,8 +7,9 @@ import pytest
 
 from rolekeeper.domain.catalog import DEFAULT_GRANT_OPERATIONS
 from rolekeeper.domain.records import grant_key
-from tests.conftest import CLOCK, OPT_IN, rebuild_handlers  # noqa: F401
 from tests.integration.test_service_role import registry
+from tools.devkit.environment import OPT_IN
+from tools.devkit.handlers import rebuild_handlers
 
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
 
@@ -214,7 +215,7 @@ def test_a_grant_delete_whose_forget_applied_but_answer_was_lost_leaves_no_skele
 
     from rolekeeper.aws.registry import Objects, Registry
     from rolekeeper.handlers.healer import lambda_handler
-    from tests.conftest import load_event
+    from tools.devkit.events import load_event
 
     created = stack.send("grant-create.json", props={"KeyId": key_arn})
     original = Objects.finish_delete

@@ -26,9 +26,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from rolekeeper.domain.events import ALL as ALL_ASPECTS
 from rolekeeper.domain.events import ROLE_EVENTS
 from rolekeeper.domain.records import claim_owner
-from tests import cloudformation, fidelity
-from tests.conftest import ACCOUNT, CLOCK, EVENTS, LambdaContext, Sent, Stack, healer_event, rebuild_handlers  # noqa: F401
-from tests.faults import fast_aws, plain
+from tests.conftest import Stack
+from tools.devkit import cloudformation, fidelity
+from tools.devkit.embedded import fast_aws, plain
+from tools.devkit.environment import ACCOUNT
+from tools.devkit.events import EVENTS, healer_event
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
+from tools.devkit.responses import Sent
 
 STACKS = ("alpha", "bravo", "charlie")
 KINDS = ("slr", "ecs")

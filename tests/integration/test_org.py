@@ -24,7 +24,7 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from tests.conftest import ROOT
+from tools.devkit.events import ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -18,8 +18,9 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import ROOT, healer_event, rebuild_handlers
 from tests.integration.test_org import REGION, _CfnLoader, parameters
+from tools.devkit.events import ROOT, healer_event
+from tools.devkit.handlers import rebuild_handlers
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

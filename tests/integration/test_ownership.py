@@ -11,7 +11,6 @@ import boto3
 import pytest
 
 from rolekeeper.domain.records import role_key
-from tests.conftest import ACCOUNT, CLOCK, LambdaContext, load_event, rebuild_handlers  # noqa: F401
 from tests.integration.test_service_role import (
     ADMINISTRATOR,
     CLOUDWATCH_AGENT,
@@ -31,6 +30,10 @@ from tests.integration.test_service_role import (
     statements,
     trust_document,
 )
+from tools.devkit.environment import ACCOUNT
+from tools.devkit.events import load_event
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
 
 APP_BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/app-boundary"
 OWNER_TRUST = {

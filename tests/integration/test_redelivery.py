@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from rolekeeper.domain.records import role_key
-from tests.conftest import load_event
 from tests.integration.test_service_role import get_role, registry
+from tools.devkit.events import load_event
 
 
 def test_a_redelivered_request_gets_no_second_response_and_no_second_claim(aws, stack, sent, context):

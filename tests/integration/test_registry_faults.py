@@ -30,9 +30,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EVENTS, OPT_IN
-from tests.faults import CONFLICT, REGISTRY_WRITES, SERVICE, TIMEOUT, WRITES, Faults, fast_aws, plain
+from tests.faults import CONFLICT, REGISTRY_WRITES, SERVICE, TIMEOUT, WRITES, Faults
 from tests.interleave import World, broken_invariants, deleted_roles
+from tools.devkit.embedded import fast_aws, plain
+from tools.devkit.environment import OPT_IN
+from tools.devkit.events import EVENTS
 
 ECS = "ecsInstanceRole"
 ECS_CREATE = "role-ecs-instance-create.json"

@@ -24,9 +24,13 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
-from tests.cloudformation import CloudFormation
-from tests.conftest import EVENTS, FakeClock, LambdaContext, Sent, healer_event, rebuild_handlers
-from tests.fidelity import DeletionTasks
+from tools.devkit.clock import FakeClock
+from tools.devkit.cloudformation import CloudFormation
+from tools.devkit.events import EVENTS, healer_event
+from tools.devkit.fidelity import DeletionTasks
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
+from tools.devkit.responses import Sent
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "registry-0.1.0"
 CAPTURED = json.loads((DATA / "expected.json").read_text())

@@ -19,8 +19,11 @@ import pytest
 
 from rolekeeper.aws.registry import Cursor, Registry
 from rolekeeper.domain.records import role_key
-from tests.conftest import CLOCK, EVENTS, LambdaContext, rebuild_handlers
 from tests.faults import Faults
+from tools.devkit.clock import CLOCK
+from tools.devkit.events import EVENTS, healer_event
+from tools.devkit.handlers import rebuild_handlers
+from tools.devkit.lambda_context import LambdaContext
 
 SCHEDULED = json.loads((EVENTS / "heal-scheduled.json").read_text())
 POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -237,7 +240,6 @@ def test_healer_bounds_an_event_heal_by_the_invocation_deadline(aws, stack, dele
     from rolekeeper.domain.errors import RetryLater
     from rolekeeper.handlers import healer
     from rolekeeper.healing import service as healing
-    from tests.conftest import healer_event
 
     rebuild_handlers()
     monkeypatch.setattr(healing, "notify", lambda *_args: None)

@@ -1,4 +1,4 @@
-"""Custom::ServiceLinkedRole end to end under moto (made AWS-like by tests/fidelity.py)."""
+"""Custom::ServiceLinkedRole end to end under moto (made AWS-like by tools/devkit/fidelity)."""
 
 from __future__ import annotations
 

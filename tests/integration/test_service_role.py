@@ -1,4 +1,4 @@
-"""Custom::ServiceRole end to end under moto (AWS managed policies loaded, see tests/conftest.py).
+"""Custom::ServiceRole end to end under moto (AWS managed policies loaded, see tools/devkit/fidelity).
 
 Every test reads the outcome back from IAM with boto3: the CloudFormation response alone is not
 proof that the role, its trust policy, its policies and its instance profile are as documented.

@@ -11,7 +11,8 @@ import boto3
 import pytest
 
 from rolekeeper import cli
-from tests.conftest import CLOCK, OPT_IN, rebuild_handlers  # noqa: F401
+from tools.devkit.environment import OPT_IN
+from tools.devkit.handlers import rebuild_handlers
 
 
 def table_rows(text: str) -> dict[str, dict[str, str]]:
@@ -244,7 +245,8 @@ def test_status_after_a_heal_shows_the_live_grant_and_the_heals(
     re-issued. status names the live grant (not the one CloudFormation's physical id still names),
     the heal on the role, and the re-issue on the grant."""
     from rolekeeper.handlers import healer
-    from tests.conftest import LambdaContext, healer_event
+    from tools.devkit.events import healer_event
+    from tools.devkit.lambda_context import LambdaContext
 
     assert stack.send("slr-create.json")["Status"] == "SUCCESS"
     key = boto3.client("kms").create_key(Tags=OPT_IN)["KeyMetadata"]["Arn"]

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Stack, load_event, rebuild_handlers
+from tests.conftest import Stack
+from tools.devkit.events import ROOT, load_event
+from tools.devkit.handlers import rebuild_handlers
 
 CORPUS = ROOT / "tests" / "data" / "validate"
 EVENTS = {

@@ -23,11 +23,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EVENTS, OPT_IN, LambdaContext, healer_event
-from tests.faults import fast_aws, plain
-from tests.fidelity import IndexLag
 from tests.interleave import REGISTRY, World
 from tests.staging import DYNAMODB_WRITES, Call, Deadline, Outcome, Stage
+from tools.devkit.embedded import fast_aws, plain
+from tools.devkit.environment import OPT_IN
+from tools.devkit.events import EVENTS, healer_event
+from tools.devkit.fidelity import IndexLag
+from tools.devkit.lambda_context import LambdaContext
 
 SPOT_FLEET = "AWSServiceRoleForEC2SpotFleet"
 SLR_CREATE = "slr-create.json"

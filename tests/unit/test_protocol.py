@@ -26,7 +26,8 @@ from rolekeeper.config import settings
 from rolekeeper.provisioning.answering import MAX_BODY, MAX_REASON, Answering, short_reason
 from rolekeeper.provisioning.requests import Response
 from rolekeeper.retry import Clock
-from tests.cloudformation import genuine
+from tools.devkit.cloudformation import genuine
+from tools.devkit.lambda_context import LambdaContext as Context
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 SECRET_PATH = "/cfn-response-bucket/arn%3Aaws%3Acloudformation%7CSecretLogicalId%7Creq-0001"
@@ -129,19 +130,6 @@ def assert_url_not_logged(text: str) -> None:
         "AKIAEXAMPLE",
     ):
         assert secret not in text, f"{secret} was logged"
-
-
-@dataclass
-class Context:
-    remaining_ms: int = 120_000
-    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
-    function_name: str = "rolekeeper-ProvisionerFunction"
-    invoked_function_arn: str = (
-        "arn:aws:lambda:us-east-1:123456789012:function:rolekeeper-ProvisionerFunction"
-    )
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 @dataclass

@@ -25,7 +25,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.conftest import ROOT
+from tools.devkit.events import ROOT
 
 TRANSLATOR = ROOT / ".venv-tools" / "translator" / "bin" / "python"
 VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""tools/sam_local.toml, the plan `make sam-local` runs, stays in step with events/ and the template
+"""tools/sam_local/plan.toml, the plan `make sam-local` runs, stays in step with events/ and the template
 (without Docker: the invokes themselves run in `make sam-local`)."""
 
 from __future__ import annotations

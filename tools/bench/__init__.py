@@ -5,7 +5,7 @@ burst and memory.
 
 Call counts come from botocore's before-call event, so every client rolekeeper makes is counted
 (IAM, KMS, DynamoDB, CloudFormation, SNS), pages included. AWS is moto made AWS-like by
-tests/fidelity.py (GetAccountAuthorizationDetails and Scan page as AWS does), in-process where a
+tools/devkit/fidelity (GetAccountAuthorizationDetails and Scan page as AWS does), in-process where a
 count is all that is wanted and as a moto server in this process where a fresh process must reach
 it over HTTP (memory, the reconcile). Not part of the Lambda artifact; not part of the tests.
 

@@ -1,5 +1,5 @@
-"""AWS in this process (moto's mock_aws made AWS-like by tests/fidelity.py, CloudFormation's part
-played by tests/cloudformation.py), every botocore call counted, and the real handlers driven as
+"""AWS in this process (moto's mock_aws made AWS-like by tools/devkit/fidelity, CloudFormation's part
+played by tools/devkit/cloudformation.py), every botocore call counted, and the real handlers driven as
 CloudFormation and EventBridge would: requests confirmed against the CloudFormation double, answers
 recorded instead of PUT, no waits slept."""
 
@@ -85,8 +85,8 @@ def serialise_moto(patcher: Any) -> None:
 @dataclass
 class World:
     calls: Calls
-    cloudformation: Any  # tests.cloudformation.CloudFormation
-    tasks: Any  # tests.fidelity.DeletionTasks
+    cloudformation: Any  # tools.devkit.cloudformation.CloudFormation
+    tasks: Any  # tools.devkit.fidelity.DeletionTasks
     answers: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -103,7 +103,7 @@ def mocked_aws(calls: Calls) -> Iterator[World]:
     from rolekeeper.config import settings
     from rolekeeper.handlers import custom_resource, healer
     from rolekeeper.retry import Clock
-    from tests import cloudformation, fidelity
+    from tools.devkit import cloudformation, fidelity
 
     fidelity.use_only_the_managed_policies_rolekeeper_needs()  # moto's IAM set up in ms, not seconds
     patcher = pytest.MonkeyPatch()

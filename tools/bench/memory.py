@@ -49,7 +49,8 @@ print("RESULT " + json.dumps(result), flush=True)
 
 
 def memory(table: Table) -> None:
-    from tools.local_aws import Receiver, embedded_aws
+    from tools.devkit.embedded import moto_server as embedded_aws
+    from tools.devkit.responses import Receiver
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     saved = dict(os.environ)

@@ -116,7 +116,7 @@ def measure() -> dict[str, Any]:
     cycle. Returns what the table shows."""
     import pytest
 
-    from tools.local_aws import embedded_aws
+    from tools.devkit.embedded import moto_server as embedded_aws
 
     saved = dict(os.environ)
     patcher = pytest.MonkeyPatch()

@@ -1,11 +1,12 @@
 """A CloudFormation double: DescribeStackResource and DescribeStacks answered from the state a
-test sets, the way tests/fidelity.py makes moto's IAM behave as IAM does.
+test sets, the way the fidelity layer (tools/devkit/fidelity) makes moto's IAM behave as IAM does.
 
 rolekeeper acts on a request only when CloudFormation shows the resource in the state it is in
-when it sends that request type (src/rolekeeper/verify.py). Tests that play CloudFormation's part
-(tests/conftest.py's Stack) set that state before each request, as CloudFormation would; a test
-that forges a request simply does not. Patched into moto's CloudFormation responses, so it
-answers in-process (mock_aws) and over HTTP (a moto server in the test process) alike.
+when it sends that request type (src/rolekeeper/provisioning/confirm.py). Tests that play
+CloudFormation's part (tests/conftest.py's Stack) set that state before each request, as
+CloudFormation would; a test that forges a request simply does not. Patched into moto's
+CloudFormation responses, so it answers in-process (mock_aws) and over HTTP (a moto server in
+the test process) alike.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class CloudFormation:
     def resource(self, stack_id: str, logical_id: str) -> Resource | None:
         return self.resources.get((stack_id, logical_id))
 
-    # CloudFormation's part in each request type (see src/rolekeeper/verify.py for the sources).
+    # CloudFormation's part in each request type (see src/rolekeeper/provisioning/confirm.py for the sources).
     def before(self, event: dict[str, Any]) -> None:
         if (
             all(isinstance(event.get(k), str) for k in ("StackId", "LogicalResourceId", "RequestId"))

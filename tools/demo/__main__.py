@@ -1,0 +1,5 @@
+import sys
+
+from tools.demo.run import main
+
+sys.exit(main())
