@@ -7,7 +7,8 @@ From the IAM User Guide ("Policy evaluation logic", "IAM JSON policy elements: R
   actions compare case-insensitively, ARNs case-sensitively;
 - every condition operator in a statement must hold; a key missing from the request makes a
   positive operator false and a negated one (StringNotEquals, ArnNotLike) true; several policy
-  values for one key match if any matches (a negated operator: if none does);
+  values for one key match if any matches (a negated operator: if none does); an operator
+  ending in IfExists holds when the key is missing from the request;
 Shared by tests/unit/test_iam_policies.py (the functions' permissions) and
 tests/unit/test_guardrail.py (the guardrail's Deny statements).
 """
@@ -46,12 +47,14 @@ NEGATED = {
 
 def _operator_holds(operator: str, wanted: Any, context: dict[str, Any], key: str) -> bool:
     qualifier, _, name = operator.rpartition(":")
+    if_exists = name.endswith("IfExists")
+    name = name.removesuffix("IfExists")
     negated = name in NEGATED
     if qualifier not in ("", "ForAnyValue") or (qualifier and negated):
         raise AssertionError(f"operator {operator} not modelled")
     compare = POSITIVE[NEGATED.get(name, name)]
     if key not in context:
-        return negated
+        return negated or if_exists
     matched = any(compare(str(w), str(h)) for w in as_list(wanted) for h in as_list(context[key]))
     return not matched if negated else matched
 

@@ -26,6 +26,8 @@ SAMPLE = {
     "AWS::URLSuffix": "amazonaws.com",
     "ApplicationRoleNamePrefix": "app-",
     "AllowedManagedPolicyArns": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+    "AllowedPermissionsBoundaryArns": "arn:aws:iam::123456789012:policy/app-boundary",
+    "NotificationEmail": "ops@example.com",
     "NotificationTopic": "arn:aws:sns:us-east-1:123456789012:rolekeeper-NotificationTopic",
     "TargetRegion": "eu-west-1",
     "RolekeeperStackName": "rolekeeper",
@@ -59,13 +61,18 @@ Loader.add_multi_constructor("!", _construct)
 
 
 class Resolver:
-    def __init__(self, template: dict[str, Any]) -> None:
+    """Intrinsic functions resolved with the SAMPLE values (every optional feature on), or the
+    given parameter values; a Fn::If follows its condition as CloudFormation would."""
+
+    def __init__(self, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> None:
         self.parameters = template.get("Parameters", {})
         self.resources = template.get("Resources", {})
+        self.conditions = template.get("Conditions", {})
+        self.given = {**SAMPLE, **(parameters or {})}
 
     def ref(self, name: str) -> Any:
-        if name in SAMPLE:
-            return SAMPLE[name]
+        if name in self.given:
+            return self.given[name]
         if name in self.parameters:
             default = self.parameters[name].get("Default", "")
             kind = self.parameters[name].get("Type", "String")
@@ -103,7 +110,7 @@ class Resolver:
                 text = text.replace("${" + name + "}", str(resolved))
             return text.replace("${RegistryTable.Arn}", self.intrinsic("GetAtt", "RegistryTable.Arn"))
         if tag == "If":
-            return self(value[1])  # every optional feature on
+            return self(value[1] if self.holds(self.conditions[value[0]]) else value[2])
         if tag in ("Not", "Equals", "Condition", "And", "Or"):
             return {f"Fn::{tag}": value}
         if tag == "Join":
@@ -112,10 +119,31 @@ class Resolver:
             return str(self(value[1])).split(value[0])
         raise ValueError(f"unsupported intrinsic {tag}")
 
+    def holds(self, condition: Any) -> bool:
+        """A condition of the Conditions section (Equals, Not, And, Or, Condition)."""
+        tag, value = (
+            (condition.tag, condition.value)
+            if isinstance(condition, Tagged)
+            else next((k.removeprefix("Fn::"), v) for k, v in condition.items())
+        )
+        if tag == "Equals":
+            left, right = (self(v) for v in value)
+            flat = [",".join(v) if isinstance(v, list) else v for v in (left, right)]
+            return bool(flat[0] == flat[1])
+        if tag == "Not":
+            return not self.holds(value[0])
+        if tag == "And":
+            return all(self.holds(v) for v in value)
+        if tag == "Or":
+            return any(self.holds(v) for v in value)
+        if tag == "Condition":
+            return self.holds(self.conditions[value])
+        raise ValueError(f"unsupported condition {tag}")
 
-def template_policies(path: Path) -> dict[str, Any]:
+
+def template_policies(path: Path, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     template = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader subclass
-    resolve = Resolver(template)
+    resolve = Resolver(template, parameters)
     found: dict[str, Any] = {}
     for name, resource in template.get("Resources", {}).items():
         properties = resource.get("Properties", {})

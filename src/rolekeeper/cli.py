@@ -473,6 +473,7 @@ def add_validate_command(commands: Any) -> None:
         ("--allowed-managed-policy-arns", "AllowedManagedPolicyArns", "comma-separated"),
         ("--application-role-name-prefix", "ApplicationRoleNamePrefix", "e.g. app-"),
         ("--allowed-tag-keys", "AllowedTagKeys", "comma-separated"),
+        ("--allowed-permissions-boundary-arns", "AllowedPermissionsBoundaryArns", "comma-separated"),
     ):
         check.add_argument(option, dest=name, metavar="VALUE", help=f"the deployment's {name} ({what})")
     check.add_argument(

@@ -26,6 +26,8 @@ class Settings:
     heal_rate_limit: int
     allowed_role_names: frozenset[str]
     allowed_tag_keys: frozenset[str] = frozenset()
+    # The boundaries a stack author may name (PermissionsBoundary); empty: none.
+    allowed_permissions_boundary_arns: frozenset[str] = frozenset()
     verify_requests: bool = True
     # Under `sam local invoke` (no CloudFormation behind the request, no real ResponseURL).
     sam_local: bool = False
@@ -49,6 +51,7 @@ def settings() -> Settings:
         heal_rate_limit=int(os.environ.get("HEAL_RATE_LIMIT", "5")),
         allowed_role_names=_csv("ALLOWED_ROLE_NAMES") or DEFAULT_ROLE_NAMES,
         allowed_tag_keys=_csv("ALLOWED_TAG_KEYS"),
+        allowed_permissions_boundary_arns=_csv("ALLOWED_PERMISSIONS_BOUNDARY_ARNS"),
         # Skipped under sam local (no CloudFormation behind the request) or by the operator.
         verify_requests=os.environ.get("VERIFY_REQUESTS", "true").strip().lower() != "false"
         and not os.environ.get("AWS_SAM_LOCAL"),

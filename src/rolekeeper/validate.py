@@ -53,6 +53,7 @@ DEFAULTS: dict[str, str] = {
     "AllowedManagedPolicyArns": "",
     "ApplicationRoleNamePrefix": "app-",
     "AllowedTagKeys": "",
+    "AllowedPermissionsBoundaryArns": "",
 }
 METADATA_KEY = "rolekeeper"
 DEFAULT_REGION = "us-east-1"
@@ -115,6 +116,7 @@ def deployment_settings(parameters: Mapping[str, Any] | None = None) -> Settings
         heal_rate_limit=5,
         allowed_role_names=frozenset(FIXED_ROLE_NAMES) | {f"{p}*" for p in prefix[:1]},
         allowed_tag_keys=frozenset(_values(given["AllowedTagKeys"])),
+        allowed_permissions_boundary_arns=frozenset(_values(given["AllowedPermissionsBoundaryArns"])),
     )
 
 

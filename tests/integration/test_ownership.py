@@ -36,6 +36,9 @@ from tools.devkit.handlers import rebuild_handlers
 from tools.devkit.lambda_context import LambdaContext
 
 APP_BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/app-boundary"
+# Another boundary the deployer allows (tools/devkit/environment.py): a stack may name it, and
+# still must not replace what someone else set.
+POWER_USER = "arn:aws:iam::aws:policy/PowerUserAccess"
 OWNER_TRUST = {
     "Effect": "Allow",
     "Principal": {"Service": "ec2.amazonaws.com"},
@@ -103,7 +106,7 @@ def test_ec2_application_on_a_role_rolekeeper_did_not_create_is_refused_and_chan
         "role-ec2-application-create.json",
         props={
             "RoleName": "app-payments",
-            "PermissionsBoundary": ADMINISTRATOR,
+            "PermissionsBoundary": POWER_USER,
             "Tags": [{"Key": "team", "Value": "attacker"}],
         },
     )
@@ -142,7 +145,7 @@ def owned_ecs(aws) -> dict[str, Any]:
     ("props", "reason"),
     [
         (
-            {"PermissionsBoundary": ADMINISTRATOR},
+            {"PermissionsBoundary": POWER_USER},
             "PermissionsBoundary: role ecsInstanceRole was not created by rolekeeper",
         ),
         (
@@ -413,7 +416,7 @@ def test_conflicting_wants_from_a_second_stack_are_refused(aws, stack, other_sta
     assert clash["Reason"].startswith("Tags: another stack holds role app-web with team=web")
     boundary_clash = other_stack.send(
         "role-ec2-application-create.json",
-        props={"RoleName": "app-web", "PermissionsBoundary": ADMINISTRATOR},
+        props={"RoleName": "app-web", "PermissionsBoundary": POWER_USER},
     )
     assert boundary_clash["Status"] == "FAILED"
     assert boundary_clash["Reason"].startswith("PermissionsBoundary: another stack holds role app-web")

@@ -44,6 +44,7 @@ def test_the_function_refuses_each_finding_with_the_same_words(
         ("ALLOWED_MANAGED_POLICY_ARNS", deployed.allowed_managed_policy_arns),
         ("ALLOWED_ROLE_NAMES", deployed.allowed_role_names),
         ("ALLOWED_TAG_KEYS", deployed.allowed_tag_keys),
+        ("ALLOWED_PERMISSIONS_BOUNDARY_ARNS", deployed.allowed_permissions_boundary_arns),
     ):
         monkeypatch.setenv(name, ",".join(sorted(values)))
     rebuild_handlers()

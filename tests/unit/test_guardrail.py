@@ -204,7 +204,12 @@ FUNCTION_WORK = [
     ("HealerFunction", "iam:UpdateAssumeRolePolicy", f"{IAM}:role/ecsInstanceRole", {}),
     ("HealerFunction", "iam:AttachRolePolicy", f"{IAM}:role/app-web", {**MARKED, "iam:PolicyARN": SSM}),
     ("HealerFunction", "iam:AddRoleToInstanceProfile", f"{IAM}:instance-profile/app-web", {}),
-    ("HealerFunction", "iam:PutRolePermissionsBoundary", f"{IAM}:role/app-web", MARKED),
+    (
+        "HealerFunction",
+        "iam:PutRolePermissionsBoundary",
+        f"{IAM}:role/app-web",
+        {**MARKED, "iam:PermissionsBoundary": f"{IAM}:policy/app-boundary"},
+    ),
     ("HealerFunction", "kms:RevokeGrant", KEY, OPTED_IN),
 ]
 

@@ -20,6 +20,9 @@ OPTED_IN = {"aws:ResourceTag/rolekeeper:spot-fleet-grants": "allow"}
 SPOT_FLEET_ROLE = f"{IAM}:role/aws-service-role/spotfleet.amazonaws.com/AWSServiceRoleForEC2SpotFleet"
 KEY = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 SSM = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+# tools/policies.py renders the template with AllowedPermissionsBoundaryArns set to this one.
+BOUNDARY = f"{IAM}:policy/app-boundary"
+ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
 # Everything a caller could bring along: the strongest context an attacker can present.
 EVERYTHING = {
     **MARKED,
@@ -27,17 +30,26 @@ EVERYTHING = {
     "aws:RequestTag/rolekeeper:managed": "true",
     "iam:PolicyARN": SSM,
     "kms:GranteePrincipal": SPOT_FLEET_ROLE,
+    "iam:PermissionsBoundary": BOUNDARY,
 }
 
 
 @cache
-def function_policies(function: str) -> list[dict[str, Any]]:
-    found = template_policies(ROOT / "template.yaml")
+def function_policies(function: str, boundaries: str | None = None) -> list[dict[str, Any]]:
+    """The function's policies as deployed (AllowedPermissionsBoundaryArns: boundaries, if given)."""
+    given = None if boundaries is None else {"AllowedPermissionsBoundaryArns": boundaries}
+    found = template_policies(ROOT / "template.yaml", given)
     return [doc for name, doc in found.items() if name.endswith(":ConvergePolicy") or f":{function}:" in name]
 
 
-def can(function: str, action: str, resource: str, context: dict[str, Any] | None = None) -> bool:
-    return evaluate(function_policies(function), action, resource, context or {})
+def can(
+    function: str,
+    action: str,
+    resource: str,
+    context: dict[str, Any] | None = None,
+    boundaries: str | None = None,
+) -> bool:
+    return evaluate(function_policies(function, boundaries), action, resource, context or {})
 
 
 FUNCTIONS = ("ProvisionerFunction", "HealerFunction")
@@ -141,11 +153,11 @@ def test_the_healer_can_remove_nothing(action, resource):
 @pytest.mark.parametrize(
     ("resource", "context", "allowed"),
     [
-        (f"{IAM}:role/ecsInstanceRole", {}, True),
-        (f"{IAM}:role/batch/AWSBatchServiceRole", {}, True),
-        (f"{IAM}:role/app-web", MARKED, True),
-        (f"{IAM}:role/app-web", {}, False),
-        (f"{IAM}:role/app-team/Administrator", MARKED, False),
+        (f"{IAM}:role/ecsInstanceRole", {"iam:PermissionsBoundary": BOUNDARY}, True),
+        (f"{IAM}:role/batch/AWSBatchServiceRole", {"iam:PermissionsBoundary": BOUNDARY}, True),
+        (f"{IAM}:role/app-web", {**MARKED, "iam:PermissionsBoundary": BOUNDARY}, True),
+        (f"{IAM}:role/app-web", {"iam:PermissionsBoundary": BOUNDARY}, False),
+        (f"{IAM}:role/app-team/Administrator", {**MARKED, "iam:PermissionsBoundary": BOUNDARY}, False),
         (f"{IAM}:role/Administrator", EVERYTHING, False),
         (f"{IAM}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot", EVERYTHING, False),
     ],
@@ -155,6 +167,42 @@ def test_the_healer_puts_a_boundary_back_only_where_the_provisioner_may_set_one(
     # statements, documented names and prefixed names carrying the marker tag.
     assert can("HealerFunction", "iam:PutRolePermissionsBoundary", resource, context) is allowed
     assert can("ProvisionerFunction", "iam:PutRolePermissionsBoundary", resource, context) is allowed
+
+
+# Issue 16, case 3: a stack author could name any policy as a boundary (AdministratorAccess,
+# replacing the administrator's). IAM now refuses what the code's allow-list refuses.
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("resource", [f"{IAM}:role/ecsInstanceRole", f"{IAM}:role/app-web"])
+def test_a_boundary_is_set_only_from_allowed_permissions_boundary_arns(function, resource):
+    def put(boundary: str | None, boundaries: str | None = None) -> bool:
+        context = {**MARKED, **({"iam:PermissionsBoundary": boundary} if boundary else {})}
+        return can(function, "iam:PutRolePermissionsBoundary", resource, context, boundaries)
+
+    assert put(BOUNDARY)
+    assert not put(ADMIN)
+    assert not put(None)  # IAM always sends the key for this action; without it, nothing matches
+    assert put(ADMIN, f"{BOUNDARY},{ADMIN}")  # the operator listed it
+    assert not put(BOUNDARY, "")  # empty: no boundary may be set or replaced
+    assert not put(f"{IAM}:policy/app-boundary-v2")  # exact ARNs, no prefix match
+
+
+@pytest.mark.parametrize(
+    ("resource", "context"),
+    [
+        (f"{IAM}:role/ecsInstanceRole", {}),
+        (f"{IAM}:role/app-web", {"aws:RequestTag/rolekeeper:managed": "true"}),
+    ],
+)
+def test_a_role_is_created_with_an_allowed_boundary_or_none(resource, context):
+    def create(boundary: str | None, boundaries: str | None = None) -> bool:
+        request = {**context, **({"iam:PermissionsBoundary": boundary} if boundary else {})}
+        return can("ProvisionerFunction", "iam:CreateRole", resource, request, boundaries)
+
+    assert create(None)
+    assert create(BOUNDARY)
+    assert not create(ADMIN)
+    assert create(None, "")
+    assert not create(BOUNDARY, "")
 
 
 def test_the_healer_may_revoke_a_grant_it_reissued_on_an_opted_in_key():

@@ -215,7 +215,8 @@ def test_an_unknown_metadata_parameter_is_a_finding() -> None:
     text = "Metadata:\n  rolekeeper:\n    AllowedTagKey: team\nResources: {}\n"
     assert [str(f) for f in findings(text)] == [
         "3: Metadata.rolekeeper.AllowedTagKey is not a parameter rolekeeper's checks depend on "
-        "(known: AllowedServiceNames, AllowedManagedPolicyArns, ApplicationRoleNamePrefix, AllowedTagKeys)"
+        "(known: AllowedServiceNames, AllowedManagedPolicyArns, ApplicationRoleNamePrefix, AllowedTagKeys, "
+        "AllowedPermissionsBoundaryArns)"
     ]
 
 
@@ -237,8 +238,9 @@ def test_the_partition_comes_from_the_region() -> None:
             }
         }
     }
-    assert [f.message for f in check_template(template, region="cn-north-1")] == []
-    (wrong,) = check_template(template, region="eu-west-1")
+    allowed = {"AllowedPermissionsBoundaryArns": "arn:aws-cn:iam::aws:policy/PowerUserAccess"}
+    assert [f.message for f in check_template(template, allowed, region="cn-north-1")] == []
+    (wrong,) = check_template(template, allowed, region="eu-west-1")
     assert wrong.message.startswith(
         "arn:aws-cn:iam::aws:policy/PowerUserAccess is not in this partition (aws)"
     )
@@ -424,6 +426,7 @@ def test_reasons_name_only_template_parameters_that_exist() -> None:
         "AllowedServiceNames",
         "AllowedManagedPolicyArns",
         "AllowedTagKeys",
+        "AllowedPermissionsBoundaryArns",
         "ApplicationRoleNamePrefix",
     }
     assert named <= set(template_yaml()["Parameters"])

@@ -38,6 +38,7 @@ BENCH_ENV = {
     "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,AmazonEC2SpotFleetTaggingRole,"
     "ecsInstanceRole,AWSBatchServiceRole,app-*",
     "ALLOWED_TAG_KEYS": "team,env,owner,app,cost-center",
+    "ALLOWED_PERMISSIONS_BOUNDARY_ARNS": f"arn:aws:iam::{ACCOUNT}:policy/app-boundary",
     "HEAL_MODE": "heal",
     "HEAL_RATE_LIMIT": "5",
     "POWERTOOLS_SERVICE_NAME": "rolekeeper",

@@ -32,6 +32,8 @@ SETTINGS = {
     "ALLOWED_ROLE_NAMES": "aws-ec2-spot-fleet-tagging-role,AmazonEC2SpotFleetRole,AmazonEC2SpotFleetTaggingRole,"
     "ecsInstanceRole,AWSBatchServiceRole,app-*",
     "ALLOWED_TAG_KEYS": "team,env,owner,app,a,cost-center",
+    "ALLOWED_PERMISSIONS_BOUNDARY_ARNS": "arn:aws:iam::123456789012:policy/app-boundary,"
+    "arn:aws:iam::aws:policy/PowerUserAccess",
     "HEAL_MODE": "heal",
     "POWERTOOLS_SERVICE_NAME": "rolekeeper",
     "POWERTOOLS_METRICS_NAMESPACE": "rolekeeper",

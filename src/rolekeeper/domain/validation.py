@@ -182,6 +182,8 @@ def role_problems(props: ServiceRoleProperties, settings: Settings, scope: Scope
                     "!Sub arn:${AWS::Partition}:iam::...",
                 )
             )
+        elif loc == ("PermissionsBoundary",) and policy not in settings.allowed_permissions_boundary_arns:
+            found.append(Problem(loc, _boundary_not_allowed(policy, settings)))
     if props.confused_deputy_protection is not None and not blueprint.confused_deputy:
         found.append(
             Problem(
@@ -227,6 +229,20 @@ def tag_problems(props: ServiceRoleProperties, settings: Settings) -> list[Probl
                 )
             )
     return found
+
+
+def _boundary_not_allowed(arn: str, settings: Settings) -> str:
+    allowed = settings.allowed_permissions_boundary_arns
+    if not allowed:
+        return (
+            f"PermissionsBoundary: this rolekeeper lets no stack set a permissions boundary "
+            f"(AllowedPermissionsBoundaryArns is empty): remove PermissionsBoundary, or ask the "
+            f"operator to add {arn} to that parameter"
+        )
+    return (
+        f"PermissionsBoundary: {arn} is not in AllowedPermissionsBoundaryArns: use one of "
+        f"{', '.join(sorted(allowed))}, or ask the operator to add it to that parameter"
+    )
 
 
 def role_name_allowed(name: str, settings: Settings) -> bool:
