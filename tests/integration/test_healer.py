@@ -506,12 +506,14 @@ def test_healer_puts_back_a_removed_boundary(stack, heal, boundary_arns):
     assert _boundary_of(APP) == boundary
 
 
-def test_healer_puts_back_a_replaced_boundary(stack, heal, boundary_arns):
+def test_healer_keeps_a_boundary_an_administrator_put_in_place_of_the_claimed_one(stack, heal, boundary_arns):
+    """Issue 16: the healer restores only what was removed; a boundary an administrator chose
+    instead is theirs (issue 9 put the claimed one back: a stack author's boundary won)."""
     boundary, other = boundary_arns
     stack.send("role-ec2-application-create.json", props={"PermissionsBoundary": boundary})
     iam().put_role_permissions_boundary(RoleName=APP, PermissionsBoundary=other)
-    assert heal(_role_event("PutRolePermissionsBoundary", permissionsBoundary=other))["outcome"] == "healed"
-    assert _boundary_of(APP) == boundary
+    assert heal(_role_event("PutRolePermissionsBoundary", permissionsBoundary=other))["outcome"] == "healthy"
+    assert _boundary_of(APP) == other
 
 
 def test_healer_leaves_a_boundary_no_claim_wants(stack, heal, boundary_arns):
@@ -531,7 +533,9 @@ def test_healer_puts_back_a_removed_tag(stack, heal):
     assert tags == {"team": "web", "rolekeeper:managed": "true"}
 
 
-def test_scheduled_reconcile_restores_boundary_and_tag_value(stack, heal, boundary_arns):
+def test_scheduled_reconcile_restores_a_removed_boundary_and_keeps_a_changed_tag_value(
+    stack, heal, boundary_arns
+):
     boundary, _other = boundary_arns
     stack.send(
         "role-ec2-application-create.json",
@@ -543,7 +547,7 @@ def test_scheduled_reconcile_restores_boundary_and_tag_value(stack, heal, bounda
     assert result["healed"] == 1, result
     assert _boundary_of(APP) == boundary
     tags = {t["Key"]: t["Value"] for t in iam().get_role(RoleName=APP)["Role"]["Tags"]}
-    assert tags["team"] == "web"
+    assert tags["team"] == "someone-else"  # a value set by hand is the administrator's (issue 16)
 
 
 # --- issue 9 case 6: the healer and a stack's Delete ------------------------------------------

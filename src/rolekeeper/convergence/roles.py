@@ -13,7 +13,7 @@ created it (ownership.owns): a role of that name made since by someone else is n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -39,13 +39,15 @@ def ensure_role(
     clock: Clock,
     created_role_id: str | None,
     adoption_refusal: Callable[[dict[str, Any]], str | None],
+    added: Collection[str] = (),
     current: dict[str, Any] | None = UNREAD,
 ) -> RoleOutcome:
     """Create the role, or adopt the existing one (adoption_refusal explains why not), and add
-    what spec wants. A role rolekeeper created is converged fully (its trust statement, boundary
-    and tags too); an adopted one only gains the blueprint's policy, its instance profile and,
-    if it trusts no one the blueprint needs, the blueprint's trust statement. current: the role
-    as the caller just read it."""
+    what spec wants. A role rolekeeper created is converged fully (its trust statement, tag
+    values, and a boundary where none is or rolekeeper set the one there: added, the pieces it
+    added); an adopted one only gains the blueprint's policy, its instance profile and, if it
+    trusts no one the blueprint needs, the blueprint's trust statement. A role made for another
+    blueprint is refused. current: the role as the caller just read it."""
     role = iam.get_role(spec.name) if current is UNREAD else current
     if role is None:
         role, fresh = _create(spec, made, clock)
@@ -53,7 +55,9 @@ def ensure_role(
             return _complete(spec, role, made, fresh=True, ours=True)
     _same_path(spec, role)
     if ownership.owns(role, created_role_id):
-        return _complete(spec, role, made, fresh=False, ours=True)
+        if problem := ownership.blueprint_change(spec.name, ownership.made_for(role), spec.blueprint):
+            raise Conflict(problem)
+        return _complete(spec, role, made, fresh=False, ours=True, added=added)
     if refusal := adoption_refusal(role):
         raise Conflict(refusal)
     if not trusts(role.get("AssumeRolePolicyDocument") or {}, spec.principals):
@@ -82,10 +86,14 @@ def repair_role(
         attached, aspects = None, ASPECTS  # made meanwhile by someone else: read it whole
     _same_path(spec, role)
     if ownership.owns(role, created_role_id):
-        return _complete(spec, role, made, fresh=False, ours=True, attached=attached, aspects=aspects)
+        return _complete(
+            spec, role, made, fresh=False, ours=True, attached=attached, aspects=aspects, restore_only=True
+        )
     if fixed_blueprint(spec.name) is None:
         raise Conflict(f"role {spec.name} was replaced by a role rolekeeper did not create; left untouched")
-    return _complete(spec, role, made, fresh=False, ours=False, attached=attached, aspects=aspects)
+    return _complete(
+        spec, role, made, fresh=False, ours=False, attached=attached, aspects=aspects, restore_only=True
+    )
 
 
 def prune_role(
@@ -151,7 +159,7 @@ def _create(spec: RoleSpec, made: Made, clock: Clock) -> tuple[dict[str, Any], b
             spec.name,
             spec.path,
             trust,
-            f"Managed by rolekeeper (blueprint {spec.blueprint})",
+            ownership.BLUEPRINT_DESCRIPTION.format(spec.blueprint),
             spec.boundary,
             {**spec.tags, MARKER_TAG_KEY: MARKER_TAG_VALUE},
         )
@@ -183,11 +191,15 @@ def _complete(
     ours: bool,
     attached: set[str] | None = None,
     aspects: frozenset[str] = ASPECTS,
+    added: Collection[str] = (),
+    restore_only: bool = False,
 ) -> RoleOutcome:
     """Add what spec wants and the role lacks (of aspects; attached: its policies, if known).
-    Trust, boundary and tags change only on a role rolekeeper created (ours); an adopted role's
-    trust policy only ever gains the blueprint's statement, when it has lost every statement
-    trusting the blueprint's principal."""
+    Trust, boundary and tags change only on a role rolekeeper created (ours), and never lose what
+    an administrator added: conditions on the blueprint's statement, a boundary rolekeeper did not
+    set (added: the pieces it did), and (restore_only, the healer) tag values changed since. An
+    adopted role's trust policy only ever gains the blueprint's statement, when it has lost every
+    statement trusting the blueprint's principal."""
     name = spec.name
     outcome = RoleOutcome(
         name=name,
@@ -201,7 +213,8 @@ def _complete(
     current = role.get("AssumeRolePolicyDocument") or {}
     if "trust" in aspects and not fresh:
         if ours:
-            wanted = merged_trust(current, spec.trust_statement, spec.principals)
+            own = ownership.own_statements(spec, role["Arn"])
+            wanted = merged_trust(current, spec.trust_statement, spec.principals, own)
             if canonical(wanted) != canonical(current):
                 iam.update_trust(name, wanted)
                 changes.append("trust")
@@ -223,12 +236,21 @@ def _complete(
     if ours and not fresh:
         # Only on a role rolekeeper created: an adopted role's boundary and tags are its owner's.
         current_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
-        if "boundary" in aspects and spec.boundary and current_boundary != spec.boundary:
+        replaceable = (
+            current_boundary is None
+            if restore_only
+            else ownership.boundary_replaceable(current_boundary, added)
+        )
+        if "boundary" in aspects and spec.boundary and current_boundary != spec.boundary and replaceable:
             iam.set_boundary(name, spec.boundary)
             made.add({ownership.boundary_piece(spec.boundary)})
             changes.append("boundary")
         current_tags = {t["Key"].lower(): t["Value"] for t in role.get("Tags", [])}
-        missing = {k: v for k, v in spec.tags.items() if current_tags.get(k.lower()) != v}
+        missing = {
+            k: v
+            for k, v in spec.tags.items()
+            if k.lower() not in current_tags or (not restore_only and current_tags[k.lower()] != v)
+        }
         if missing and "tags" in aspects:
             # The marker rides along: IAM lets rolekeeper tag a prefixed role only with it (template.yaml).
             iam.tag(name, {**missing, MARKER_TAG_KEY: MARKER_TAG_VALUE})

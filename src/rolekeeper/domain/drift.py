@@ -60,7 +60,8 @@ def drift(
     if "trust" not in aspects:
         pass
     elif ours:
-        if canonical(merged_trust(current, spec.trust_statement, spec.principals)) != canonical(current):
+        own = ownership.own_statements(spec, actual.role.get("Arn"))
+        if canonical(merged_trust(current, spec.trust_statement, spec.principals, own)) != canonical(current):
             problems.append("trust policy changed")
     elif not trusts(current, spec.principals):
         # An adopted role's trust statements and conditions are its owner's: only losing every
@@ -68,13 +69,12 @@ def drift(
         problems.append("trust statement removed")
     if "profile" in aspects and spec.instance_profile and spec.name not in actual.profiles:
         problems.append("instance profile missing or role removed from it")
-    if ours:  # an adopted role's boundary and tags are its owner's
+    if ours:  # an adopted role's boundary and tags are its owner's; a replaced boundary or a
+        # changed tag value is an administrator's choice, only a removed one is damage
         boundary = (actual.role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
-        if "boundary" in aspects and spec.boundary and boundary != spec.boundary:
-            problems.append(f"permissions boundary {'changed' if boundary else 'removed'}")
+        if "boundary" in aspects and spec.boundary and boundary is None:
+            problems.append("permissions boundary removed")
         if "tags" in aspects:
-            tags = {t["Key"].lower(): t["Value"] for t in actual.role.get("Tags", [])}
-            for key, value in sorted(spec.tags.items()):
-                if tags.get(key.lower()) != value:
-                    problems.append(f"tag {key} {'changed' if key.lower() in tags else 'removed'}")
+            tags = {t["Key"].lower() for t in actual.role.get("Tags", [])}
+            problems += [f"tag {key} removed" for key in sorted(spec.tags) if key.lower() not in tags]
     return problems

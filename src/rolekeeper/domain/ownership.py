@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from rolekeeper.domain.catalog import MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
+from rolekeeper.domain.catalog import BLUEPRINTS, MARKER_TAG_KEY, MARKER_TAG_VALUE, Scope, fixed_blueprint
 from rolekeeper.domain.records import Claim, Record
 from rolekeeper.domain.specs import RoleSpec
 from rolekeeper.domain.trust import trusts
@@ -96,6 +96,45 @@ def added_of(record: Record | None) -> set[str]:
     if not record.created or not record.legacy_desired:
         return set()
     return pieces_of(RoleSpec.from_dict(record.legacy_desired))
+
+
+def own_statements(spec: RoleSpec, role_arn: str | None) -> tuple[dict[str, Any], ...]:
+    """Every trust statement rolekeeper writes for the spec's blueprint in the role's account
+    (with and without confused-deputy conditions): the ones it may replace on a role it created."""
+    blueprint = BLUEPRINTS.get(spec.blueprint)
+    if blueprint is None or role_arn is None:
+        return ()
+    scope = Scope.from_arn(role_arn)
+    return tuple(blueprint.trust_statement(scope, protection) for protection in (True, False))
+
+
+def boundary_replaceable(current: str | None, added: Iterable[str]) -> bool:
+    """Whether rolekeeper may set a role's boundary: none is set, or the one set is one rolekeeper
+    added (a boundary an administrator set is theirs)."""
+    return current is None or boundary_piece(current) in set(added)
+
+
+BLUEPRINT_DESCRIPTION = "Managed by rolekeeper (blueprint {})"
+
+
+def blueprint_change(name: str, made_for: str | None, wanted: str) -> str | None:
+    """The Reason a role made for one blueprint cannot be claimed for another (a different trust
+    and policies: a replacement, never a union of both), or None."""
+    if made_for is None or made_for == wanted:
+        return None
+    return (
+        f"Blueprint: role {name} was made for Blueprint {made_for} and a role keeps its blueprint: "
+        f"give the resource a new RoleName for Blueprint {wanted} (CloudFormation then replaces it)"
+    )
+
+
+def made_for(role: dict[str, Any]) -> str | None:
+    """The blueprint a role rolekeeper created was made for, as its Description says."""
+    description = str(role.get("Description") or "")
+    prefix, _, suffix = BLUEPRINT_DESCRIPTION.partition("{}")
+    if description.startswith(prefix) and description.endswith(suffix):
+        return description[len(prefix) : len(description) - len(suffix)] or None
+    return None
 
 
 def union(wants: Sequence[RoleSpec]) -> RoleSpec:

@@ -32,16 +32,55 @@ def trusts(document: dict[str, Any], principals: tuple[str, ...]) -> bool:
     )
 
 
+def covers(existing: dict[str, Any], statement: dict[str, Any], principals: tuple[str, ...]) -> bool:
+    """Whether existing lets the statement's principal (and no other) assume the role under at
+    least the statement's conditions (an administrator may have added more: they only narrow it)."""
+    principal = existing.get("Principal")
+    if existing.get("Effect") != "Allow" or not _assumes(existing) or not isinstance(principal, dict):
+        return False
+    services = set(_services(existing))
+    if (
+        set(principal) != {"Service"}
+        or services != set(_services(statement))
+        or not services <= set(principals)
+    ):
+        return False
+    have = existing.get("Condition") or {}
+    return all(
+        isinstance(have.get(op), dict) and key in have[op] and canonical(have[op][key]) == canonical(value)
+        for op, values in (statement.get("Condition") or {}).items()
+        for key, value in values.items()
+    )
+
+
 def merged_trust(
-    current: dict[str, Any] | None, statement: dict[str, Any], principals: tuple[str, ...]
+    current: dict[str, Any] | None,
+    statement: dict[str, Any],
+    principals: tuple[str, ...],
+    own: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     """The blueprint's statement is the only one letting its principal assume the role (so its
     conditions hold); everything else others added is kept: Deny statements, other principals,
-    and other actions granted to the principal (sts:TagSession, say)."""
+    other actions granted to the principal (sts:TagSession, say), and conditions added to the
+    blueprint's statement. own: every statement rolekeeper writes for this blueprint (with and
+    without confused-deputy conditions): one of those other than statement is replaced, not kept."""
+    statements = as_list((current or {}).get("Statement"))
+    replaced = [canonical(s) for s in own if canonical(s) != canonical(statement)]
+    covering = [
+        i
+        for i, s in enumerate(statements)
+        if covers(s, statement, principals) and canonical(s) not in replaced
+    ]
+    # One statement stays: one an administrator narrowed (never drop a condition) before an
+    # exact copy of the blueprint's; any other Allow for the principal would undo its conditions.
+    narrowed = [i for i in covering if canonical(statements[i]) != canonical(statement)]
+    keep = next(iter(narrowed or covering), None)
     kept: list[dict[str, Any]] = []
-    for existing in as_list((current or {}).get("Statement")):
+    for index, existing in enumerate(statements):
         services = _services(existing)
-        if existing.get("Effect") != "Allow" or not _assumes(existing) or not set(services) & set(principals):
+        if index == keep or (
+            existing.get("Effect") != "Allow" or not _assumes(existing) or not set(services) & set(principals)
+        ):
             kept.append(existing)
             continue
         rest = [s for s in services if s not in principals]
@@ -60,7 +99,7 @@ def merged_trust(
                     "Action": other_actions if len(other_actions) > 1 else other_actions[0],
                 }
             )
-    return {"Version": "2012-10-17", "Statement": [*kept, statement]}
+    return {"Version": "2012-10-17", "Statement": kept if keep is not None else [*kept, statement]}
 
 
 def canonical(document: Any) -> Any:

@@ -94,6 +94,12 @@ def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -
     objects, clock = ctx.registry.objects, ctx.clock
 
     def attempt(record: Record | None, made: Made) -> Plan[Response]:
+        mine = record.claim_of(sk) if record else None
+        earlier = ownership.wants_of(record, [mine]) if record and mine else []
+        if earlier and (
+            problem := ownership.blueprint_change(spec.name, earlier[0].blueprint, spec.blueprint)
+        ):
+            raise InvalidRequest(problem)
         others = ownership.other_wants(record, sk)
         if problem := ownership.conflict(spec, others):
             raise InvalidRequest(problem)
@@ -107,6 +113,7 @@ def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -
             adoption_refusal=lambda role: ownership.adoption_refusal(
                 spec, role, props.confused_deputy_protection
             ),
+            added=ownership.added_of(record) | made.added,
         )
         created = made.created or outcome.ours
         claim, intent = claimed(

@@ -101,6 +101,7 @@ def role(
                 clock=clock,
                 created_role_id=created_role_id,
                 adoption_refusal=lambda _role: None,  # adopted before: only what the claims want is added
+                added=added | made.added,
                 current=current,
             )
             changes, attached = outcome.changes[1:], outcome.attached
