@@ -149,6 +149,26 @@ def test_an_empty_allow_list_lets_no_stack_set_a_boundary(aws, stack, policies, 
         rebuild_handlers()
 
 
+def test_an_allow_list_entry_with_iams_wildcards_names_a_policy_in_every_account(
+    aws, stack, policies, monkeypatch
+):
+    """A StackSet gives every account the same parameters: arn:aws:iam::*:policy/app-boundary."""
+    monkeypatch.setenv("ALLOWED_PERMISSIONS_BOUNDARY_ARNS", "arn:aws:iam::*:policy/app-boundary")
+    rebuild_handlers()
+    try:
+        refused = stack.send(
+            "role-ec2-application-create.json", props={"PermissionsBoundary": policies["admins-boundary"]}
+        )
+        assert refused["Status"] == "FAILED"
+        assert refused["Reason"].startswith("PermissionsBoundary: "), refused["Reason"]
+        made = stack.send("role-ec2-application-create.json", props={"PermissionsBoundary": APP_BOUNDARY})
+        assert made["Status"] == "SUCCESS", made["Reason"]
+        assert boundary(APP) == APP_BOUNDARY
+    finally:
+        monkeypatch.delenv("ALLOWED_PERMISSIONS_BOUNDARY_ARNS")
+        rebuild_handlers()
+
+
 def test_a_stack_update_never_replaces_a_boundary_an_administrator_set(aws, stack, policies):
     kept = {"PermissionsBoundary": APP_BOUNDARY, "OnDelete": "Retain"}
     created = stack.send("role-ec2-application-create.json", props=kept)

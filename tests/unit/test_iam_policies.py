@@ -184,6 +184,11 @@ def test_a_boundary_is_set_only_from_allowed_permissions_boundary_arns(function,
     assert put(ADMIN, f"{BOUNDARY},{ADMIN}")  # the operator listed it
     assert not put(BOUNDARY, "")  # empty: no boundary may be set or replaced
     assert not put(f"{IAM}:policy/app-boundary-v2")  # exact ARNs, no prefix match
+    # IAM's wildcards, as a StackSet names one policy in every account (StringLike)
+    everywhere = "arn:aws:iam::*:policy/app-boundary"
+    assert put(BOUNDARY, everywhere)
+    assert not put(ADMIN, everywhere)
+    assert not put(f"{IAM}:policy/app-boundary-v2", everywhere)
 
 
 @pytest.mark.parametrize(

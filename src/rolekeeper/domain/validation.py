@@ -182,7 +182,7 @@ def role_problems(props: ServiceRoleProperties, settings: Settings, scope: Scope
                     "!Sub arn:${AWS::Partition}:iam::...",
                 )
             )
-        elif loc == ("PermissionsBoundary",) and policy not in settings.allowed_permissions_boundary_arns:
+        elif loc == ("PermissionsBoundary",) and not boundary_allowed(policy, settings):
             found.append(Problem(loc, _boundary_not_allowed(policy, settings)))
     if props.confused_deputy_protection is not None and not blueprint.confused_deputy:
         found.append(
@@ -229,6 +229,12 @@ def tag_problems(props: ServiceRoleProperties, settings: Settings) -> list[Probl
                 )
             )
     return found
+
+
+def boundary_allowed(arn: str, settings: Settings) -> bool:
+    """In AllowedPermissionsBoundaryArns, whose entries may use IAM's wildcards (* and ?) as the
+    functions' StringLike condition on iam:PermissionsBoundary does (template.yaml)."""
+    return any(fnmatchcase(arn, pattern) for pattern in settings.allowed_permissions_boundary_arns)
 
 
 def _boundary_not_allowed(arn: str, settings: Settings) -> str:
