@@ -265,3 +265,55 @@ def test_response_urls_cloudformation_makes_are_accepted_and_others_refused() ->
     response_url("http://127.0.0.1:8080/x", scope, stack_id, "Role", "r-1", local=True)
     with pytest.raises(Unconfirmed):
         response_url("http://127.0.0.1:8080/x", scope, stack_id, "Role", "r-1")
+
+
+# --- a weaker trust statement waits for the answer's delivery too -----------------------------
+
+SPOT_FLEET_TAGGING = "aws-ec2-spot-fleet-tagging-role"
+
+
+def _trust_conditions() -> list[Any]:
+    statements = get_role(SPOT_FLEET_TAGGING)["AssumeRolePolicyDocument"]["Statement"]
+    return [s.get("Condition") for s in statements]
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["forged", "cloudformations"])
+def test_confused_deputy_protection_switched_off_waits_for_the_answers_delivery(
+    aws, stack, monkeypatch, signed
+):
+    """Switching ConfusedDeputyProtection off weakens the trust policy: like a prune, it is applied
+    only once CloudFormation's bucket accepted the answer. A forged Update in the victim's update
+    window leaves the conditions in place throughout; CloudFormation's own takes them away."""
+    from tools.devkit.responses import Sent
+
+    created = stack.send("role-spot-fleet-tagging-create.json")
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    (protected,) = _trust_conditions()
+    assert protected is not None
+    at_answer: list[list[Any]] = []
+    answer = Sent.__call__
+
+    def answering(self: Sent, url: str, body: dict[str, Any], *args: Any, **kwargs: Any) -> int:
+        at_answer.append(_trust_conditions())
+        return answer(self, url, body, *args, **kwargs)
+
+    monkeypatch.setattr(Sent, "__call__", answering)
+    stack.cfn.set(
+        stack.stack_id,
+        "SpotFleetTaggingRole",
+        "UPDATE_IN_PROGRESS",
+        created["PhysicalResourceId"],
+        stack_status="UPDATE_IN_PROGRESS",
+    )
+    update = stack.send(
+        "role-spot-fleet-tagging-create.json",
+        props={"ConfusedDeputyProtection": "false"},
+        old_props={"Blueprint": "spot-fleet-tagging"},
+        RequestType="Update",
+        PhysicalResourceId=created["PhysicalResourceId"],
+        confirmed=False,
+        signed=signed,
+    )
+    assert update["Status"] == "SUCCESS", update["Reason"]
+    assert at_answer == [[protected]], "the conditions were taken away before the answer was accepted"
+    assert _trust_conditions() == ([None] if signed else [protected])

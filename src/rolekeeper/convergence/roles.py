@@ -105,13 +105,18 @@ def prune_role(
     role: dict[str, Any] | None = UNREAD,
     attached: set[str] | None = None,
 ) -> RoleOutcome | None:
-    """Take away what rolekeeper added and spec no longer wants; never refuses (a released claim
-    must not fail on what others did to the role). None: the role is gone."""
+    """Take away what rolekeeper added and spec no longer wants (on a role rolekeeper created,
+    also the confused-deputy conditions of its own statement when spec no longer asks for them);
+    never refuses (a released claim must not fail on what others did to the role). None: the role
+    is gone."""
     role = iam.get_role(spec.name) if role is UNREAD else role
     if role is None:
         return None
     ours = ownership.owns(role, created_role_id)
     outcome = RoleOutcome(name=spec.name, arn=role["Arn"], role_id=role["RoleId"], ours=ours)
+    if ours and (trust := _own_statement_replaced(spec, role)) is not None:
+        iam.update_trust(spec.name, trust)
+        outcome.changes.append("trust")
     pieces = ownership.removable(added, spec)
     if not ours:  # on an adopted role rolekeeper only ever added policies and the profile
         pieces = {p for p in pieces if p == ownership.PROFILE or p.startswith("policy:")}
@@ -139,6 +144,18 @@ def prune_role(
                 outcome.changes.append("instance profile removed")
         made.take_away({piece})
     return outcome
+
+
+def _own_statement_replaced(spec: RoleSpec, role: dict[str, Any]) -> dict[str, Any] | None:
+    """The role's trust policy with rolekeeper's own other variant of the blueprint's statement
+    (with or without the confused-deputy conditions) replaced by spec's, or None: nothing to do."""
+    own = ownership.own_statements(spec, role.get("Arn"))
+    others = [canonical(s) for s in own if canonical(s) != canonical(spec.trust_statement)]
+    current = role.get("AssumeRolePolicyDocument") or {}
+    if not any(canonical(s) in others for s in as_list(current.get("Statement"))):
+        return None
+    wanted = merged_trust(current, spec.trust_statement, spec.principals, own)
+    return wanted if canonical(wanted) != canonical(current) else None
 
 
 def delete_created_role(name: str, *, profile: bool) -> None:

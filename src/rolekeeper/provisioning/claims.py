@@ -104,6 +104,9 @@ def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -
         if problem := ownership.conflict(spec, others):
             raise InvalidRequest(problem)
         desired = ownership.union([spec, *others])
+        # What weakens waits for the answer's delivery (intents.settle): the confused-deputy
+        # conditions this claim had in force stay until then, like the pieces the prune removes.
+        desired = replace(desired, trust_statement=ownership.union([desired, *earlier]).trust_statement)
         created_role_id = ownership.created_role_id(record)
         outcome = ensure_role(
             desired,
