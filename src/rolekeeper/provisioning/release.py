@@ -57,8 +57,11 @@ def mark(ctx: Context, request: Request) -> Response:
     if known.kind != Kind.GRANT and known.attrs.get("arn") not in (None, physical_id):
         logger.info("physical id is not the role's ARN; nothing to delete", physical_id=physical_id)
         return Response(physical_id)
+    # The first attempt plans from the record just read (one read fewer); a retry reads again.
+    reads = [known]
     if known.deleting and known.claim_of(request.claim_sk) is None:
         settle.settle(objects, known, name, ctx.clock)  # a retry after a Delete that failed at its last step
+        reads.clear()
 
     def attempt(record: Record | None, _made: Made) -> Plan[Response]:
         claim = record.claim_of(request.claim_sk) if record else None
@@ -76,7 +79,7 @@ def mark(ctx: Context, request: Request) -> Response:
     return run(
         objects,
         key,
-        read=lambda: objects.read(key),
+        read=lambda: reads.pop() if reads else objects.read(key),
         attempt=attempt,
         undo=lambda _made: None,
         clock=ctx.clock,
