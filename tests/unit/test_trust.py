@@ -56,3 +56,16 @@ def test_one_statement_stays_for_the_principal_the_narrowed_one():
     narrowed = {**PROTECTED, "Condition": {**PROTECTED["Condition"], "Bool": {"aws:SecureTransport": "true"}}}
     merged = merged_trust(doc(PROTECTED, narrowed, BARE), PROTECTED, PRINCIPALS, OWN)
     assert merged == doc(narrowed)
+
+
+def test_arn_like_matches_each_part_of_the_arn_on_its_own():
+    from rolekeeper.domain.validation import arn_like
+
+    assert arn_like("arn:aws:iam::*:policy/app-boundary", "arn:aws:iam::123456789012:policy/app-boundary")
+    assert not arn_like(
+        "arn:aws:iam::*:policy/app-boundary", "arn:aws:iam::123456789012:policy/app-boundary-v2"
+    )
+    # * does not cross a colon: the account part cannot swallow the resource
+    assert not arn_like("arn:aws:iam::*", "arn:aws:iam::123456789012:policy/app-boundary")
+    assert arn_like("arn:aws:iam::aws:policy/*", "arn:aws:iam::aws:policy/AdministratorAccess")
+    assert not arn_like("arn:aws:iam::aws:policy/Power?ser", "arn:aws:iam::aws:policy/PowerUserAccess")

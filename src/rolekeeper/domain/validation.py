@@ -233,8 +233,17 @@ def tag_problems(props: ServiceRoleProperties, settings: Settings) -> list[Probl
 
 def boundary_allowed(arn: str, settings: Settings) -> bool:
     """In AllowedPermissionsBoundaryArns, whose entries may use IAM's wildcards (* and ?) as the
-    functions' StringLike condition on iam:PermissionsBoundary does (template.yaml)."""
-    return any(fnmatchcase(arn, pattern) for pattern in settings.allowed_permissions_boundary_arns)
+    functions' ArnLike condition on iam:PermissionsBoundary does (template.yaml): each of the six
+    colon-separated parts of the ARN matched on its own."""
+    return any(arn_like(pattern, arn) for pattern in settings.allowed_permissions_boundary_arns)
+
+
+def arn_like(pattern: str, arn: str) -> bool:
+    """IAM's ArnLike: each colon-separated part (the sixth keeps its colons) matched with * and ?."""
+    wanted, have = pattern.split(":", 5), arn.split(":", 5)
+    return len(wanted) == len(have) == 6 and all(
+        fnmatchcase(part, glob.replace("[", "[[]")) for glob, part in zip(wanted, have, strict=True)
+    )
 
 
 def _boundary_not_allowed(arn: str, settings: Settings) -> str:
