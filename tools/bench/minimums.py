@@ -14,6 +14,11 @@ Every custom resource request pays for the protocol, whatever its type:
   transaction as the request's last registry write: no call of its own.
 - DynamoDB, 1: one consistent read of the object with its claims (a Query on its key): the desired
   state is the union of the claims' wants, and every write is fenced by the version read.
+- DynamoDB, 1: the second phase (issue 16). What a request removes or weakens (a prune, a claim's
+  OnDelete/Heal, a release) and the claim it writes are pending until CloudFormation's bucket
+  accepted the answer, so one more conditional write after the PUT puts them in force (or
+  withdraws them when the bucket refused). Only CloudFormation can make a PUT that bucket accepts:
+  no write before the answer can know it.
 What each request adds is argued next to its entry. Counts are (IAM, KMS, DynamoDB, CloudFormation).
 """
 
@@ -24,7 +29,8 @@ SERVICES = ("iam", "kms", "dynamodb", "cloudformation")
 CONFIRM = 1  # DescribeStackResource
 NOTE_AND_DELIVERED = 2  # the request noted before the work, its delivery after the PUT
 READ = 1  # the object and its claims, one consistent Query
-PROTOCOL_DB = NOTE_AND_DELIVERED + READ
+SECOND_PHASE = 1  # the pending change put in force once the answer was accepted
+PROTOCOL_DB = NOTE_AND_DELIVERED + READ + SECOND_PHASE
 
 MINIMUM: dict[str, tuple[int, int, int, int]] = {
     # --- Custom::ServiceLinkedRole --------------------------------------------------------------

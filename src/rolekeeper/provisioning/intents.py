@@ -47,18 +47,20 @@ def settle_intent(ctx: Context, intent: Intent, *, accepted: bool) -> None:
     if accepted:
         logger.info("answer accepted; the request's change takes effect", target=name)
         if claim.pending.release:
-            release.complete(ctx, intent.key, claim, intent.request_id)
+            release.complete(ctx, intent.key, claim, intent.request_id, record=record)
         else:
-            _put_in_force(ctx, intent, name)
+            _put_in_force(ctx, intent, name, record)
     else:
         logger.warning("answer refused (not CloudFormation's request); its change is withdrawn", target=name)
-        _withdraw(ctx, intent, name)
+        _withdraw(ctx, intent, name, record)
 
 
-def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object) -> Record | None:
+def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: Record) -> Record | None:
     """Write this claim anew (fenced: no heal under way, for what takes away); returns the record
-    as read before, None when the pending change was settled meanwhile."""
+    as read before, None when the pending change was settled meanwhile. first: the record as the
+    caller just read it (a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
+    reads = [first]
 
     def attempt(record: Record | None, _made: Made) -> Plan[Record | None]:
         claim = record.claim_of(intent.sk) if record else None
@@ -73,31 +75,32 @@ def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object) -> Reco
         return Plan(record, Fence(record, exact=False, lease_free=True), change)
 
     def read() -> Record | None:
-        return settle.lease_free(objects, intent.key, objects.read(intent.key), name, clock)
+        record = reads.pop() if reads else objects.read(intent.key)
+        return settle.lease_free(objects, intent.key, record, name, clock)
 
     return run(
         objects, intent.key, read=read, attempt=attempt, undo=lambda _made: None, clock=clock, what=name
     )
 
 
-def _put_in_force(ctx: Context, intent: Intent, name: str) -> None:
-    record = ctx.registry.objects.read(intent.key)
-    if record is not None and record.kind == Kind.ROLE:
+def _put_in_force(ctx: Context, intent: Intent, name: str, record: Record) -> None:
+    if record.kind == Kind.ROLE and restore.takes_away(record, (intent, True)):
         # In force, and what the claim no longer wants taken away, in one fenced write.
-        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, True))
+        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, True), first=record)
         return
-    _rewrite(ctx, intent, name, lambda record, claim: Change(kind=record.kind, claim=claim.in_force()))
+    _rewrite(
+        ctx, intent, name, lambda record, claim: Change(kind=record.kind, claim=claim.in_force()), record
+    )
 
 
-def _withdraw(ctx: Context, intent: Intent, name: str) -> None:
-    record = ctx.registry.objects.read(intent.key)
+def _withdraw(ctx: Context, intent: Intent, name: str, record: Record) -> None:
     claim = record.claim_of(intent.sk) if record else None
     pending = claim.pending if claim else None
     if record is None or claim is None or pending is None or pending.request_id != intent.request_id:
         return
     if record.kind == Kind.ROLE and not (pending.new and pending.created):
         # Withdrawn, and what only the request added taken away, in one fenced write.
-        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, False))
+        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, False), first=record)
         return
 
     def change(record: Record, claim: Claim) -> Change:
@@ -106,7 +109,7 @@ def _withdraw(ctx: Context, intent: Intent, name: str) -> None:
             return Change(kind=record.kind, release=claim)
         return Change(kind=record.kind, claim=replace(claim, pending=None))
 
-    before = _rewrite(ctx, intent, name, change)
+    before = _rewrite(ctx, intent, name, change, record)
     if before is None or not pending.new:
         return
     request = Request(

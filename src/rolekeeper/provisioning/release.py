@@ -88,18 +88,19 @@ def mark(ctx: Context, request: Request) -> Response:
     )
 
 
-def complete(ctx: Context, key: str, claim: Claim, token: str) -> None:
+def complete(ctx: Context, key: str, claim: Claim, token: str, *, record: Record | None = None) -> None:
     """Delete, second phase: release the claim, then delete the object if the claim asked for it
     (OnDelete as last confirmed) and it was the last one, else take away what only it wanted.
-    A failure puts the claim back with its release still pending (the schedule finishes it)."""
-    record = ctx.registry.objects.read(key)
+    A failure puts the claim back with its release still pending (the schedule finishes it).
+    record: the object as the caller just read it."""
+    record = ctx.registry.objects.read(key) if record is None else record
     if record is None:
         return
     name = record.attrs.get("name") or key.split("#", 1)[1]
     if record.kind == Kind.GRANT:
-        _release_grant(ctx, key, name, claim, token)
+        _release_grant(ctx, key, name, claim, token, record)
     else:
-        _release_role(ctx, key, name, claim, token)
+        _release_role(ctx, key, name, claim, token, record)
 
 
 def _key_of(request: Request, physical_id: str) -> str | None:
@@ -114,8 +115,8 @@ def _key_of(request: Request, physical_id: str) -> str | None:
     return None
 
 
-def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str) -> None:
-    released = _release(ctx, key, name, claim)
+def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str, first: Record) -> None:
+    released = _release(ctx, key, name, claim, first)
     try:
         if claim.on_delete == "Delete" and _delete_if_last(ctx, token, key, name):
             return
@@ -132,9 +133,9 @@ def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str) -
         raise
 
 
-def _release_grant(ctx: Context, key: str, physical_id: str, claim: Claim, token: str) -> None:
+def _release_grant(ctx: Context, key: str, physical_id: str, claim: Claim, token: str, first: Record) -> None:
     objects = ctx.registry.objects
-    _release(ctx, key, physical_id, claim)
+    _release(ctx, key, physical_id, claim, first)
     try:
         taken = _take_for_deletion(ctx, key, physical_id, token)
         if taken is None:
@@ -166,10 +167,12 @@ def _revoke(ctx: Context, key: str, physical_id: str, taken: Record) -> None:
         logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
 
 
-def _release(ctx: Context, key: str, name: str, claim: Claim) -> Record | None:
+def _release(ctx: Context, key: str, name: str, claim: Claim, first: Record | None = None) -> Record | None:
     """Remove the claim (fenced: no heal under way); returns the record as read before the
-    release, None when an earlier attempt of this request released it already."""
+    release, None when an earlier attempt of this request released it already. first: the record
+    as the caller just read it (a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
+    reads = [first] if first is not None else []
 
     def attempt(record: Record | None, _made: Made) -> Plan[Record | None]:
         if record is None or record.claim_of(claim.sk) is None:
@@ -179,7 +182,7 @@ def _release(ctx: Context, key: str, name: str, claim: Claim) -> Record | None:
         )
 
     def read() -> Record | None:
-        record = objects.read(key)
+        record = reads.pop() if reads else objects.read(key)
         return settle.lease_free(objects, key, record, name, clock)
 
     return run(objects, key, read=read, attempt=attempt, undo=lambda _made: None, clock=clock, what=name)

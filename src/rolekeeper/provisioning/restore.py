@@ -17,6 +17,7 @@ from rolekeeper.convergence.transition import Plan, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.errors import HealInProgress
 from rolekeeper.domain.records import Claim, Intent, Kind, Record
+from rolekeeper.domain.trust import canonical
 from rolekeeper.provisioning import settle
 from rolekeeper.provisioning.context import Context
 from rolekeeper.provisioning.requests import Request
@@ -61,6 +62,7 @@ def role(
     extra_added: set[str] | frozenset[str] = frozenset(),
     put_back: bool = True,
     settling: tuple[Intent, bool] | None = None,
+    first: Record | None = None,
 ) -> list[str]:
     """Converge a role to what its claims as registered want: take away what no claim wants any
     more (a released claim's pieces; extra_added: pieces an unfinished request added, which no
@@ -69,9 +71,11 @@ def role(
     claim left the role stays as it is. settling: a request's pending change on one claim, put in
     force (True) or withdrawn (False) in the same fenced write as the prune it calls for.
     Returns what changed; never raises (the next request or the schedule converges a role that
-    kept changing; a pending change stays pending)."""
+    kept changing; a pending change stays pending). first: the record as the caller just read it
+    (the first attempt plans from it, a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
     tries = [put_back]
+    reads = [first] if first is not None else []
 
     def attempt(record: Record | None, made: Made) -> Plan[list[str]]:
         if record is None or record.kind != Kind.ROLE or not record.claims or record.deleting:
@@ -123,7 +127,9 @@ def role(
         changes = run(
             objects,
             key,
-            read=lambda: settle.lease_free(objects, key, objects.read(key), name, clock),
+            read=lambda: settle.lease_free(
+                objects, key, reads.pop() if reads else objects.read(key), name, clock
+            ),
             attempt=attempt,
             undo=lambda _made: None,
             clock=clock,
@@ -136,6 +142,20 @@ def role(
         return []
     logger.info("role converged to its claims", role_name=name, changes=changes)
     return changes
+
+
+def takes_away(record: Record, settling: tuple[Intent, bool]) -> bool:
+    """Whether settling the request's pending change takes anything away from the role: a piece
+    rolekeeper added that no claim wants after it, or the confused-deputy conditions. When not,
+    putting it in force is a registry write alone."""
+    view, _put, _released = _settled_view(record, settling)
+    if view is None or not record.claims:
+        return False
+    now = ownership.desired_of(record)
+    after = ownership.desired_of(view) if view.claims else ownership.wanting_nothing(now)
+    return bool(ownership.removable(ownership.added_of(record), after)) or canonical(
+        after.trust_statement
+    ) != canonical(now.trust_statement)
 
 
 def _settled_view(
