@@ -120,14 +120,12 @@ def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str, f
     try:
         if claim.on_delete == "Delete" and _delete_if_last(ctx, token, key, name):
             return
-        if (
-            released is not None
-            and released.kind == Kind.ROLE
-            and any(c.sk != claim.sk for c in released.claims)
-        ):
-            restore.role(ctx, key, name, put_back=False)  # take away what only this claim wanted
-        else:
-            logger.info("claim released; role retained", role_name=name)
+        if released is not None and released.kind == Kind.ROLE:
+            remaining = replace(released, claims=[c for c in released.claims if c.sk != claim.sk])
+            if remaining.claims and restore.changes_away(released, remaining):
+                restore.role(ctx, key, name, put_back=False)  # take away what only this claim wanted
+                return
+        logger.info("claim released; role retained", role_name=name)
     except Exception:
         _put_back(ctx, key, claim)
         raise

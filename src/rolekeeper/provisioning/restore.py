@@ -145,16 +145,21 @@ def role(
 
 
 def takes_away(record: Record, settling: tuple[Intent, bool]) -> bool:
-    """Whether settling the request's pending change takes anything away from the role: a piece
-    rolekeeper added that no claim wants after it, or the confused-deputy conditions. When not,
-    putting it in force is a registry write alone."""
+    """Whether settling the request's pending change takes anything away from the role. When
+    not, putting it in force is a registry write alone."""
     view, _put, _released = _settled_view(record, settling)
-    if view is None or not record.claims:
+    return view is not None and changes_away(record, view)
+
+
+def changes_away(before: Record, after: Record) -> bool:
+    """Whether going from the claims of before to those of after takes anything away from the
+    role: a piece rolekeeper added that no claim wants after, or confused-deputy conditions."""
+    if not before.claims:
         return False
-    now = ownership.desired_of(record)
-    after = ownership.desired_of(view) if view.claims else ownership.wanting_nothing(now)
-    return bool(ownership.removable(ownership.added_of(record), after)) or canonical(
-        after.trust_statement
+    now = ownership.desired_of(before)
+    wanted = ownership.desired_of(after) if after.claims else ownership.wanting_nothing(now)
+    return bool(ownership.removable(ownership.added_of(before), wanted)) or canonical(
+        wanted.trust_statement
     ) != canonical(now.trust_statement)
 
 
