@@ -58,11 +58,12 @@ def memory(table: Table) -> None:
     results = {}
     try:
         # No CloudFormation stands behind this request: nothing to confirm it against (the
-        # in-process rows count the confirmation).
-        with embedded_aws(REGISTRY_TABLE_NAME=os.environ["REGISTRY_TABLE_NAME"], VERIFY_REQUESTS="false"):
+        # in-process rows count the confirmation), and its answer goes to the local receiver.
+        with embedded_aws(REGISTRY_TABLE_NAME=os.environ["REGISTRY_TABLE_NAME"]):
             env = subprocess_env(
                 AWS_ENDPOINT_URL=os.environ["AWS_ENDPOINT_URL"],
                 VERIFY_REQUESTS="false",
+                LOCAL_RESPONSE_URLS="true",
                 POWERTOOLS_LOG_LEVEL="ERROR",
             )
             for mode, stack in (("rss", "memory-rss"), ("trace", "memory-trace")):
