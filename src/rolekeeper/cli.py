@@ -122,16 +122,14 @@ def stack_name(stack_id: str) -> str:
 
 def read_items(table: str) -> list[dict[str, Any]]:
     """Every item of the table as plain Python values (what Registry.all() does not carry)."""
-    from boto3.dynamodb.types import TypeDeserializer
-
     from rolekeeper.aws import clients as aws
+    from rolekeeper.aws.registry.items import decode_item
 
-    deserialize = TypeDeserializer().deserialize
     items = []
     paginator = aws.dynamodb().get_paginator("scan")
     for page in paginator.paginate(TableName=table, ConsistentRead=True):
         for item in page.get("Items", []):
-            items.append({k: _plain(deserialize(v)) for k, v in item.items()})
+            items.append({k: _plain(v) for k, v in decode_item(item).items()})
     return items
 
 
