@@ -79,3 +79,14 @@ def error_message(exc: BaseException) -> str:
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Message", ""))
     return str(exc)
+
+
+def failure_of(exc: BaseException) -> str | None:
+    """An AWS SDK error as a short Reason naming the call, or None for any other exception."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        return f"{operation_of(exc)} failed: {error_code(exc)}: {error_message(exc)}"
+    if isinstance(exc, BotoCoreError):
+        return f"{operation_of(exc)} failed: {type(exc).__name__}: {exc}"
+    return None

@@ -82,8 +82,14 @@ def delete_service_linked_role(name: str) -> str | None:
 
 
 def deletion_status(task_id: str) -> tuple[str, str]:
-    """(Status, reason) of a service-linked role deletion task."""
-    result = aws.iam().get_service_linked_role_deletion_status(DeletionTaskId=task_id)
+    """(Status, reason) of a service-linked role deletion task; a task IAM no longer knows
+    finished long ago."""
+    try:
+        result = aws.iam().get_service_linked_role_deletion_status(DeletionTaskId=task_id)
+    except ClientError as error:
+        if not_found(error):
+            return "SUCCEEDED", ""
+        raise
     reason = result.get("Reason", {})
     usage = "; ".join(
         f"{u.get('Region', '?')}: {', '.join(u.get('Resources', []))}"
@@ -99,8 +105,9 @@ def create_role(
     description: str,
     boundary: str | None,
     tags: dict[str, str],
-) -> None:
-
+) -> bool:
+    """CreateRole; False when a role of that name exists (made concurrently, or this call's
+    earlier attempt succeeded and its answer was lost: botocore retried it)."""
     kwargs: dict[str, Any] = {
         "RoleName": name,
         "Path": path,
@@ -111,7 +118,13 @@ def create_role(
         kwargs["PermissionsBoundary"] = boundary
     if tags:
         kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
-    aws.iam().create_role(**kwargs)
+    try:
+        aws.iam().create_role(**kwargs)
+    except ClientError as error:
+        if already_exists(error):
+            return False
+        raise
+    return True
 
 
 def update_trust(name: str, trust: dict[str, Any]) -> None:

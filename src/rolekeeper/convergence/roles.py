@@ -17,7 +17,6 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
 from rolekeeper.aws import iam
 from rolekeeper.convergence.outcomes import UNREAD, Made, RoleOutcome
@@ -171,20 +170,17 @@ def _create(spec: RoleSpec, made: Made, clock: Clock) -> tuple[dict[str, Any], b
     """CreateRole with the blueprint's trust statement, the boundary and tags (and the marker).
     Returns the role and whether this call created it."""
     trust = {"Version": "2012-10-17", "Statement": [spec.trust_statement]}
-    try:
-        iam.create_role(
-            spec.name,
-            spec.path,
-            trust,
-            ownership.BLUEPRINT_DESCRIPTION.format(spec.blueprint),
-            spec.boundary,
-            {**spec.tags, MARKER_TAG_KEY: MARKER_TAG_VALUE},
-        )
-    except ClientError as error:
-        if not iam.already_exists(error):
-            raise
-        # Made concurrently, or this CreateRole succeeded but its answer was lost (a timeout that
-        # botocore retried): the marker tag says whether it is rolekeeper's.
+    created = iam.create_role(
+        spec.name,
+        spec.path,
+        trust,
+        ownership.BLUEPRINT_DESCRIPTION.format(spec.blueprint),
+        spec.boundary,
+        {**spec.tags, MARKER_TAG_KEY: MARKER_TAG_VALUE},
+    )
+    if not created:
+        # Made concurrently, or this CreateRole succeeded but its answer was lost: the marker tag
+        # says whether it is rolekeeper's.
         return iam.wait_for_role(spec.name, clock), False
     role = iam.wait_for_role(spec.name, clock)
     made.created = True

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import BotoCoreError, ClientError
 
 from rolekeeper.aws import clients, responses
 from rolekeeper.aws.registry import Delivery, Registry
@@ -116,11 +115,8 @@ def reason_of(error: Exception) -> str:
     """Every failure as a short Reason: rolekeeper's own say what to fix; AWS's name the call."""
     if isinstance(error, RolekeeperError):
         return str(error)
-    operation = clients.operation_of(error)
-    if isinstance(error, ClientError):
-        return f"{operation} failed: {clients.error_code(error)}: {clients.error_message(error)}"
-    if isinstance(error, BotoCoreError):
-        return f"{operation} failed: {type(error).__name__}: {error}"
+    if (failure := clients.failure_of(error)) is not None:
+        return failure
     return f"rolekeeper could not complete the request ({type(error).__name__}: {error})"
 
 

@@ -5,7 +5,6 @@ way (a writer that takes something away waits for the heal's lease)."""
 from __future__ import annotations
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
 from rolekeeper.aws import iam, kms
 from rolekeeper.aws.registry import Objects
@@ -78,9 +77,4 @@ def lease_free(objects: Objects, key: str, record: Record | None, name: str, clo
 
 def deletion_status(task_id: str) -> str:
     """A service-linked role deletion task's status; a task IAM no longer knows finished long ago."""
-    try:
-        return iam.deletion_status(task_id)[0]
-    except ClientError as error:
-        if iam.not_found(error):
-            return "SUCCEEDED"
-        raise
+    return iam.deletion_status(task_id)[0]
