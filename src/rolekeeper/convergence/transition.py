@@ -42,6 +42,13 @@ class Plan(Generic[T]):
     abandon: bool = False
 
 
+def reading(objects: Objects, key: str, first: Record | None = None) -> Callable[[], Record | None]:
+    """The record for each attempt of `run`: first (as the caller just read it), if given, for the
+    first attempt; a consistent read for every later one (the fence moved: the record did too)."""
+    pending = [first] if first is not None else []
+    return lambda: pending.pop() if pending else objects.read(key)
+
+
 def run(
     objects: Objects,
     key: str,

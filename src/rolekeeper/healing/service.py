@@ -28,7 +28,7 @@ from rolekeeper.convergence import grants
 from rolekeeper.convergence.linked_roles import ensure_linked_role
 from rolekeeper.convergence.outcomes import UNREAD, Made, role_attrs
 from rolekeeper.convergence.roles import delete_created_role, prune_role, repair_role
-from rolekeeper.convergence.transition import Plan, run
+from rolekeeper.convergence.transition import Plan, reading, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.drift import ASPECTS, Actual, drift
 from rolekeeper.domain.errors import RetryLater
@@ -179,12 +179,9 @@ class Healer:
         version and the lease; when the stack let the object go meanwhile, take back what it
         made. current: IAM as read after the lease (None: read while repairing)."""
         objects, clock = self.objects, self.clock
-        reads = [first]
+        read = reading(objects, first.key, first)
         released: list[str] = []
         attempts: list[int] = []
-
-        def read() -> Record | None:
-            return reads.pop() if reads else objects.read(first.key)
 
         def attempt(record: Record | None, made: Made) -> Plan[list[str]]:
             if record is None or not record.claims or record.deleting or record.lease.by != token:

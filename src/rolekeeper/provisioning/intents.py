@@ -23,7 +23,7 @@ from rolekeeper.aws.registry import Change, Fence
 from rolekeeper.convergence import grants
 from rolekeeper.convergence.outcomes import Made
 from rolekeeper.convergence.roles import delete_created_role
-from rolekeeper.convergence.transition import Plan, run
+from rolekeeper.convergence.transition import Plan, reading, run
 from rolekeeper.domain.records import Claim, Intent, Kind, Record
 from rolekeeper.provisioning import release, restore, settle
 from rolekeeper.provisioning.context import Context
@@ -60,7 +60,7 @@ def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: 
     as read before, None when the pending change was settled meanwhile. first: the record as the
     caller just read it (a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
-    reads = [first]
+    source = reading(objects, intent.key, first)
 
     def attempt(record: Record | None, _made: Made) -> Plan[Record | None]:
         claim = record.claim_of(intent.sk) if record else None
@@ -75,8 +75,7 @@ def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: 
         return Plan(record, Fence(record, exact=False, lease_free=True), change)
 
     def read() -> Record | None:
-        record = reads.pop() if reads else objects.read(intent.key)
-        return settle.lease_free(objects, intent.key, record, name, clock)
+        return settle.lease_free(objects, intent.key, source(), name, clock)
 
     return run(
         objects, intent.key, read=read, attempt=attempt, undo=lambda _made: None, clock=clock, what=name

@@ -17,7 +17,7 @@ from rolekeeper.aws import iam, kms
 from rolekeeper.aws.registry import Change, Fence
 from rolekeeper.convergence import grants
 from rolekeeper.convergence.outcomes import Made
-from rolekeeper.convergence.transition import Plan, run
+from rolekeeper.convergence.transition import Plan, reading, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.errors import HealInProgress, ObjectGone, RetryLater
 from rolekeeper.domain.records import (
@@ -57,11 +57,9 @@ def mark(ctx: Context, request: Request) -> Response:
     if known.kind != Kind.GRANT and known.attrs.get("arn") not in (None, physical_id):
         logger.info("physical id is not the role's ARN; nothing to delete", physical_id=physical_id)
         return Response(physical_id)
-    # The first attempt plans from the record just read (one read fewer); a retry reads again.
-    reads = [known]
     if known.deleting and known.claim_of(request.claim_sk) is None:
         settle.settle(objects, known, name, ctx.clock)  # a retry after a Delete that failed at its last step
-        reads.clear()
+        known = None  # settled since: read it again
 
     def attempt(record: Record | None, _made: Made) -> Plan[Response]:
         claim = record.claim_of(request.claim_sk) if record else None
@@ -79,7 +77,7 @@ def mark(ctx: Context, request: Request) -> Response:
     return run(
         objects,
         key,
-        read=lambda: reads.pop() if reads else objects.read(key),
+        read=reading(objects, key, known),
         attempt=attempt,
         undo=lambda _made: None,
         clock=ctx.clock,
@@ -170,7 +168,7 @@ def _release(ctx: Context, key: str, name: str, claim: Claim, first: Record | No
     release, None when an earlier attempt of this request released it already. first: the record
     as the caller just read it (a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
-    reads = [first] if first is not None else []
+    source = reading(objects, key, first)
 
     def attempt(record: Record | None, _made: Made) -> Plan[Record | None]:
         if record is None or record.claim_of(claim.sk) is None:
@@ -180,8 +178,7 @@ def _release(ctx: Context, key: str, name: str, claim: Claim, first: Record | No
         )
 
     def read() -> Record | None:
-        record = reads.pop() if reads else objects.read(key)
-        return settle.lease_free(objects, key, record, name, clock)
+        return settle.lease_free(objects, key, source(), name, clock)
 
     return run(objects, key, read=read, attempt=attempt, undo=lambda _made: None, clock=clock, what=name)
 

@@ -13,7 +13,7 @@ from rolekeeper.aws import iam
 from rolekeeper.aws.registry import Change, Fence
 from rolekeeper.convergence.outcomes import Made
 from rolekeeper.convergence.roles import ensure_role, prune_role
-from rolekeeper.convergence.transition import Plan, run
+from rolekeeper.convergence.transition import Plan, reading, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.errors import HealInProgress
 from rolekeeper.domain.records import Claim, Intent, Kind, Record
@@ -75,7 +75,7 @@ def role(
     (the first attempt plans from it, a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
     tries = [put_back]
-    reads = [first] if first is not None else []
+    source = reading(objects, key, first)
 
     def attempt(record: Record | None, made: Made) -> Plan[list[str]]:
         if record is None or record.kind != Kind.ROLE or not record.claims or record.deleting:
@@ -127,9 +127,7 @@ def role(
         changes = run(
             objects,
             key,
-            read=lambda: settle.lease_free(
-                objects, key, reads.pop() if reads else objects.read(key), name, clock
-            ),
+            read=lambda: settle.lease_free(objects, key, source(), name, clock),
             attempt=attempt,
             undo=lambda _made: None,
             clock=clock,
