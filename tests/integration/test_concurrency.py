@@ -78,11 +78,12 @@ def registry() -> Registry:
     return Registry(os.environ["REGISTRY_TABLE_NAME"])
 
 
-def direct(stack: Stack, event_file: str, props: dict[str, Any] | None = None) -> Any:
-    """Another stack's request carried out by a provisioner of its own (another invocation)."""
+def direct(stack: Stack, event_file: str, props: dict[str, Any] | None = None, **overrides: Any) -> Any:
+    """Another stack's request carried out by a provisioner of its own (another invocation);
+    overrides: fields of the event (PhysicalResourceId, RequestId)."""
     from tools.devkit.events import load_event
 
-    event = load_event(event_file, StackId=stack.stack_id)
+    event = load_event(event_file, StackId=stack.stack_id, **overrides)
     event["ResourceProperties"].update(props or {})
     request = Request(
         request_type=event["RequestType"],

@@ -47,16 +47,17 @@ MINIMUM: dict[str, tuple[int, int, int, int]] = {
     "SLR Update (Description)": (2, 0, PROTOCOL_DB + 1, CONFIRM),
     # GetRole (exists, not registered), UpdateRole (the request's Description). One transaction.
     "SLR Create (exists, not registered: adopted)": (2, 0, PROTOCOL_DB + 1, CONFIRM),
-    # One transaction: the claim deleted, the object's claim count decremented, the answer. The
-    # read already shows the stored claim's OnDelete (Delete acts on it) and the other claims.
+    # One transaction records the release as pending on the claim, with the answer; the second
+    # phase's write deletes the claim and decrements the object's claim count. The read already
+    # shows the stored claim's OnDelete (Delete acts on it) and the other claims.
     "SLR Delete (Retain)": (0, 0, PROTOCOL_DB + 1, CONFIRM),
-    # As Retain: the read (fenced by its version) shows other claims remain, so the same single
-    # transaction is the whole Delete; nothing is taken for deletion.
+    # As Retain: the read (its version fences the second phase's write) shows other claims remain,
+    # so nothing is taken for deletion.
     "SLR Delete (Delete, claims remain)": (0, 0, PROTOCOL_DB + 1, CONFIRM),
-    # One transaction releases the last claim and marks the object deleting (exactly one writer
-    # deletes: the mark must be committed before the deletion is submitted); DeleteServiceLinkedRole
-    # (DESIGN: submit it, log the task id, respond); one write of the object after it (the task id
-    # kept, or the item removed) carrying the answer.
+    # As Retain, and the second phase's write that releases the last claim also marks the object
+    # deleting (exactly one writer deletes: the mark must be committed before the deletion is
+    # submitted); DeleteServiceLinkedRole (DESIGN: submit it, log the task id, respond); one write
+    # of the object after it (the task id kept, or the item removed).
     "SLR Delete (Delete, last claim, created)": (1, 0, PROTOCOL_DB + 2, CONFIRM),
     # The record says rolekeeper did not create it: released as Retain, nothing is deleted.
     "SLR Delete (Delete, last claim, adopted: kept)": (0, 0, PROTOCOL_DB + 1, CONFIRM),
@@ -84,9 +85,9 @@ MINIMUM: dict[str, tuple[int, int, int, int]] = {
     # GetRole (still the role rolekeeper created: marker tag or RoleId; a role someone made since
     # under that name is never deleted), ListInstanceProfilesForRole, RemoveRoleFromInstanceProfile,
     # DeleteInstanceProfile, ListAttachedRolePolicies, DetachRolePolicy, ListRolePolicies (others may
-    # have added inline policies; DeleteRole fails while any remain), DeleteRole. DynamoDB: one
-    # transaction releasing the last claim and marking it deleting, one removing the record with the
-    # answer.
+    # have added inline policies; DeleteRole fails while any remain), DeleteRole. DynamoDB: the
+    # pending release with the answer (the second phase's write releases the last claim and marks
+    # the object deleting), one removing the record.
     "Role Delete (Delete, last claim, created; 1 policy, profile)": (8, 0, PROTOCOL_DB + 2, CONFIRM),
     # GetRole (trust, boundary and tags judged for adoption), ListAttachedRolePolicies,
     # AttachRolePolicy (the blueprint's policy), GetInstanceProfile (there, holding the role). One
@@ -106,9 +107,9 @@ MINIMUM: dict[str, tuple[int, int, int, int]] = {
     "Grant Create": (1, 3, PROTOCOL_DB + 1, CONFIRM),
     # Grants are immutable: a new grant, as Create (the old one goes in CloudFormation's cleanup).
     "Grant Update (Operations: a new grant)": (1, 3, PROTOCOL_DB + 1, CONFIRM),
-    # DescribeStacks besides (a replaced physical id). One transaction releasing the claim and
-    # marking the grant deleting; the ByGrantId index (is the grant another record's current one?
-    # then it stays); RevokeGrant; the record removed with the answer.
+    # DescribeStacks besides (a replaced physical id). The pending release with the answer (the
+    # second phase's write releases the claim and marks the grant deleting); the ByGrantId index
+    # (is the grant another record's current one? then it stays); RevokeGrant; the record removed.
     "Grant Delete (the replaced grant, CloudFormation's cleanup)": (0, 1, PROTOCOL_DB + 3, CONFIRM + 1),
     "Grant Delete (the stack's delete)": (0, 1, PROTOCOL_DB + 3, CONFIRM),
     # --- heals (no protocol: an EventBridge event) ------------------------------------------------

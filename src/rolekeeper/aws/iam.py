@@ -146,12 +146,15 @@ def attach(name: str, policy_arn: str) -> None:
         raise
 
 
-def detach(name: str, policy_arn: str) -> None:
+def detach(name: str, policy_arn: str) -> bool:
+    """False when the policy was not attached (IAM answers NoSuchEntity)."""
     try:
         aws.iam().detach_role_policy(RoleName=name, PolicyArn=policy_arn)
     except ClientError as error:
         if not not_found(error):
             raise
+        return False
+    return True
 
 
 def set_boundary(name: str, boundary: str | None) -> None:

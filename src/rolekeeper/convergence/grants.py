@@ -79,7 +79,7 @@ def held_by_another(objects: Objects, key_arn: str, grant_id: str, *, besides: s
         and found.attrs.get("grant_id") == grant_id
     ):
         return True
-    return any(r.key != besides for r in objects.grants_by_id(grant_id))
+    return bool(objects.grants_by_id(grant_id, besides=besides))
 
 
 def revoke_unheld(objects: Objects, key_arn: str, grant_ids: list[str], *, besides: str) -> None:

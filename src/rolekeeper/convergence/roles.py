@@ -119,16 +119,15 @@ def prune_role(
     pieces = ownership.removable(added, spec)
     if not ours:  # on an adopted role rolekeeper only ever added policies and the profile
         pieces = {p for p in pieces if p == ownership.PROFILE or p.startswith("policy:")}
-    if attached is None:
-        attached = iam.attached_policies(spec.name) if any(p.startswith("policy:") for p in pieces) else set()
     name = spec.name
     current_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
     tag_keys = {t["Key"].lower(): t["Key"] for t in role.get("Tags", [])}
     for piece in sorted(pieces):
         kind, _, value = piece.partition(":")
-        if kind == "policy" and value in attached:
-            iam.detach(name, value)
-            outcome.changes.append(f"detach {value}")
+        if kind == "policy" and (attached is None or value in attached):
+            # Not listed first: DetachRolePolicy answers NoSuchEntity for a policy not attached.
+            if iam.detach(name, value):
+                outcome.changes.append(f"detach {value}")
         elif kind == "tag" and value in tag_keys:
             iam.untag(name, {tag_keys[value]})
             outcome.changes.append(f"untag {value}")

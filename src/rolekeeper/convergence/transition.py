@@ -58,13 +58,15 @@ def run(
     undo: Callable[[Made], None],
     clock: Clock,
     also: Callable[[T], Sequence[Write]] = lambda _result: (),
+    written: Callable[[T, Record | None], None] = lambda _result, _record: None,
     what: str,
     patience: Patience = FENCE,
 ) -> T:
     """Run one writer's transition on the object `key` (see the module's docstring). `also`: the
-    items that join the final write (the request's answer). Raises AnsweredElsewhere when the
-    request was answered elsewhere meanwhile, RolekeeperError when the object kept changing;
-    either way after undo(made)."""
+    items that join the final write (the request's answer); `written`: told the result and the
+    record as that write left it (objects.as_written: the request's second phase plans from it
+    without a read). Raises AnsweredElsewhere when the request was answered elsewhere meanwhile,
+    RolekeeperError when the object kept changing; either way after undo(made)."""
     made = Made()
     try:
         for number in patience.tries(clock):
@@ -74,12 +76,13 @@ def run(
                     undo(made)
                 return plan.result
             try:
-                objects.write(key, plan.fence, plan.change, now=clock.now(), also=also(plan.result))
+                record = objects.write(key, plan.fence, plan.change, now=clock.now(), also=also(plan.result))
             except FenceMoved as moved:
                 if moved.answered:
                     raise AnsweredElsewhere(f"{what}: the request was answered before this write") from None
                 logger.info("object changed by another writer; reading it again", key=key, attempt=number + 1)
                 continue
+            written(plan.result, record)
             return plan.result
     except Exception:
         undo(made)

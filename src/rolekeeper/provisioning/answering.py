@@ -229,12 +229,17 @@ class _Invocation:
             # The deadline's answer is on its way from the timer's thread: Lambda freezes the
             # environment once the handler returns, so wait for it (bounded by the deadline).
             self.timer.join(timeout=max(self.deadline - self.a.clock.now(), 0.0))
-        self._settle(self.response.intent if self.response else None, self.sent or answer)
+        self._settle(
+            self.response.intent if self.response else None,
+            self.sent or answer,
+            known=self.response.record if self.response else None,
+        )
         return sent or self.sent
 
-    def _settle(self, intent: Any, answer: dict[str, Any]) -> None:
+    def _settle(self, intent: Any, answer: dict[str, Any], *, known: Any = None) -> None:
         """The request's second phase: what it asked that takes away happens now that its answer's
-        delivery is known (accepted by CloudFormation's bucket), or is withdrawn."""
+        delivery is known (accepted by CloudFormation's bucket), or is withdrawn. known: the
+        object as the work's last write left it (None: read it)."""
         if intent is None or answer.get("Status") != SUCCESS:
             return
         accepted = self.a.settings.sam_local or (
@@ -242,7 +247,7 @@ class _Invocation:
         )
         ctx = Context(self.a.settings, self.a.registry, self.a.clock.until(self.deadline - 1.0))
         try:
-            service.settle(ctx, intent, accepted=accepted)
+            service.settle(ctx, intent, accepted=accepted, known=known)
         except Exception:
             # The answer is out; what is left is the schedule's to finish (intents.finish_abandoned).
             logger.exception("the request's change is not settled yet; the schedule finishes it")

@@ -152,6 +152,7 @@ def service_role(ctx: Context, request: Request, props: ServiceRoleProperties) -
         undo=undo,
         clock=clock,
         also=ctx.answer,
+        written=Response.keep,
         what=spec.name,
     )
     logger.info("service role converged", role_name=spec.name, changes=response.changes)
@@ -187,6 +188,7 @@ def linked_role(ctx: Context, request: Request, props: ServiceLinkedRoleProperti
         undo=undo,
         clock=clock,
         also=ctx.answer,
+        written=Response.keep,
         what=name,
     )
     logger.info("service-linked role converged", role_name=name, changes=response.changes)
@@ -232,6 +234,7 @@ def grant(ctx: Context, request: Request, props: SpotFleetKmsGrantProperties) ->
         undo=undo,
         clock=clock,
         also=ctx.answer,
+        written=Response.keep,
         what=key,
     )
     logger.info("grant converged", key_arn=spec.key_arn, grant_id=outcome.grant_id)

@@ -32,9 +32,12 @@ from rolekeeper.provisioning.requests import Request
 logger = Logger(child=True)
 
 
-def settle_intent(ctx: Context, intent: Intent, *, accepted: bool) -> None:
-    """Settle the request's pending change (a no-op once settled, or superseded by a later one)."""
-    record = ctx.registry.objects.read(intent.key)
+def settle_intent(ctx: Context, intent: Intent, *, accepted: bool, known: Record | None = None) -> None:
+    """Settle the request's pending change (a no-op once settled, or superseded by a later one).
+    known: the object as the request's first phase left it (objects.as_written), planned from
+    without a read; every write planned from it is fenced by its version, so when anything moved
+    since, the write is refused and the record read again."""
+    record = known if known is not None and known.key == intent.key else ctx.registry.objects.read(intent.key)
     claim = record.claim_of(intent.sk) if record else None
     if (
         record is None
@@ -57,8 +60,10 @@ def settle_intent(ctx: Context, intent: Intent, *, accepted: bool) -> None:
 
 def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: Record) -> Record | None:
     """Write this claim anew (fenced: no heal under way, for what takes away); returns the record
-    as read before, None when the pending change was settled meanwhile. first: the record as the
-    caller just read it (a retry reads again)."""
+    as read before, None when the pending change was settled meanwhile. change_of(record, claim)
+    returns None when this write is not the way (nothing written). first: the record as the
+    caller knows it, which may be older than the table: planned from, the write is fenced by its
+    version (a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
     source = reading(objects, intent.key, first)
 
@@ -72,7 +77,9 @@ def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: 
         ):
             return Plan(None)
         change = change_of(record, claim)  # type: ignore[operator]
-        return Plan(record, Fence(record, exact=False, lease_free=True), change)
+        if change is None:
+            return Plan(record)
+        return Plan(record, Fence(record, exact=record is first, lease_free=True), change)
 
     def read() -> Record | None:
         return settle.lease_free(objects, intent.key, source(), name, clock)
@@ -83,13 +90,18 @@ def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: 
 
 
 def _put_in_force(ctx: Context, intent: Intent, name: str, record: Record) -> None:
-    if record.kind == Kind.ROLE and restore.takes_away(record, (intent, True)):
+    taking_away: list[Record] = []
+
+    def change(record: Record, claim: Claim) -> Change | None:
+        if record.kind == Kind.ROLE and restore.takes_away(record, (intent, True)):
+            taking_away.append(record)
+            return None
+        return Change(kind=record.kind, claim=claim.in_force())
+
+    _rewrite(ctx, intent, name, change, record)
+    if taking_away:
         # In force, and what the claim no longer wants taken away, in one fenced write.
-        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, True), first=record)
-        return
-    _rewrite(
-        ctx, intent, name, lambda record, claim: Change(kind=record.kind, claim=claim.in_force()), record
-    )
+        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, True), first=taking_away[-1])
 
 
 def _withdraw(ctx: Context, intent: Intent, name: str, record: Record) -> None:

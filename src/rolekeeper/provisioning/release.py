@@ -82,6 +82,7 @@ def mark(ctx: Context, request: Request) -> Response:
         undo=lambda _made: None,
         clock=ctx.clock,
         also=ctx.answer,
+        written=Response.keep,
         what=name,
     )
 
@@ -90,7 +91,7 @@ def complete(ctx: Context, key: str, claim: Claim, token: str, *, record: Record
     """Delete, second phase: release the claim, then delete the object if the claim asked for it
     (OnDelete as last confirmed) and it was the last one, else take away what only it wanted.
     A failure puts the claim back with its release still pending (the schedule finishes it).
-    record: the object as the caller just read it."""
+    record: the object as the caller knows it (its writes are fenced by its version)."""
     record = ctx.registry.objects.read(key) if record is None else record
     if record is None:
         return
@@ -114,9 +115,12 @@ def _key_of(request: Request, physical_id: str) -> str | None:
 
 
 def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str, first: Record) -> None:
-    released = _release(ctx, key, name, claim, first)
+    released, taken = _release(
+        ctx, key, name, claim, first, take=token if claim.on_delete == "Delete" else ""
+    )
     try:
-        if claim.on_delete == "Delete" and _delete_if_last(ctx, token, key, name):
+        if taken is not None:
+            _delete(ctx, key, token, name, taken)
             return
         if released is not None and released.kind == Kind.ROLE:
             remaining = replace(released, claims=[c for c in released.claims if c.sk != claim.sk])
@@ -131,9 +135,8 @@ def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str, f
 
 def _release_grant(ctx: Context, key: str, physical_id: str, claim: Claim, token: str, first: Record) -> None:
     objects = ctx.registry.objects
-    _release(ctx, key, physical_id, claim, first)
+    _released, taken = _release(ctx, key, physical_id, claim, first, take=token)
     try:
-        taken = _take_for_deletion(ctx, key, physical_id, token)
         if taken is None:
             logger.info("grant record held by another claim; kept", physical_id=physical_id)
             return
@@ -163,42 +166,60 @@ def _revoke(ctx: Context, key: str, physical_id: str, taken: Record) -> None:
         logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
 
 
-def _release(ctx: Context, key: str, name: str, claim: Claim, first: Record | None = None) -> Record | None:
-    """Remove the claim (fenced: no heal under way); returns the record as read before the
-    release, None when an earlier attempt of this request released it already. first: the record
-    as the caller just read it (a retry reads again)."""
+def _release(
+    ctx: Context, key: str, name: str, claim: Claim, first: Record | None = None, *, take: str = ""
+) -> tuple[Record | None, Record | None]:
+    """Remove the claim (fenced: no heal under way) and, with take (the releasing request's
+    token), take the object for deletion when rolekeeper created it and this was its last claim.
+    Returns the record as read before the release (None when an earlier attempt of this request
+    released it already) and, when taken, the record to delete by. first: the record as the
+    caller knows it, which may be older than the table: planned from, the write is fenced by its
+    version (a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
     source = reading(objects, key, first)
 
-    def attempt(record: Record | None, _made: Made) -> Plan[Record | None]:
+    def attempt(record: Record | None, _made: Made) -> Plan[tuple[Record | None, bool, bool]]:
         if record is None or record.claim_of(claim.sk) is None:
-            return Plan(None)  # released by an earlier attempt whose answer was lost
+            return Plan((None, False, False))  # released by an earlier attempt whose answer was lost
+        last = bool(take) and record.created and [c.sk for c in record.claims] == [claim.sk]
+        exact = record is first
         return Plan(
-            record, Fence(record, exact=False, lease_free=True), Change(kind=record.kind, release=claim)
+            (record, last, exact),
+            Fence(record, exact=exact, lease_free=True),
+            # The last claim's release takes the object in the same write (on condition that no
+            # other claim is counted: a claim made since refuses it, and the plan is made again).
+            Change(kind=record.kind, release=claim, take_for_deletion=take if last else ""),
         )
 
     def read() -> Record | None:
         return settle.lease_free(objects, key, source(), name, clock)
 
-    return run(objects, key, read=read, attempt=attempt, undo=lambda _made: None, clock=clock, what=name)
+    before, taken, exact = run(
+        objects, key, read=read, attempt=attempt, undo=lambda _made: None, clock=clock, what=name
+    )
+    if taken:
+        return before, before
+    if take and not exact:
+        # Planned from a read that another release may have overtaken (both saw the other's
+        # claim), or released by an attempt whose answer was lost: the object is taken if it is
+        # unclaimed now. An exact fence showed the other claims or the adoption: nothing to take.
+        return before, _take_for_deletion(ctx, key, name, take)
+    return before, None
 
 
-def _delete_if_last(ctx: Context, token: str, key: str, name: str) -> bool:
-    """Take the object for deletion (only if rolekeeper created it and no claim holds it) and
-    delete it; False when it stays."""
+def _delete(ctx: Context, key: str, token: str, name: str, taken: Record) -> None:
+    """Delete the object taken for deletion (taken: its record as read before); its record goes
+    (a service-linked role's stays with IAM's deletion task id until the deletion is known to
+    have finished)."""
     objects = ctx.registry.objects
-    record = _take_for_deletion(ctx, key, name, token)
-    if record is None:
-        return False
     try:
-        task_id = _delete_object(name, record)
+        task_id = _delete_object(name, taken)
     except Exception:
         objects.abort_delete(key, token)
         raise
-    objects.finish_delete(key, token, task_id=task_id)
     if task_id and settle.deletion_status(task_id) == "SUCCEEDED":
-        objects.drop(objects.read(key) or record)  # already over: nothing left to wait for
-    return True
+        task_id = None  # already over: nothing left to wait for
+    objects.finish_delete(key, token, task_id=task_id)
 
 
 def _take_for_deletion(ctx: Context, key: str, name: str, token: str) -> Record | None:

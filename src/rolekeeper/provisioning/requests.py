@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rolekeeper.domain.catalog import Scope
-from rolekeeper.domain.records import Claim, Intent
+from rolekeeper.domain.records import Claim, Intent, Record
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,8 @@ class Response:
     changes: list[str] = field(default_factory=list, compare=False)
     # Where the request left what takes effect only once CloudFormation accepted the answer.
     intent: Intent | None = None
+    # The object as the request's last write left it (the second phase plans from it; None: read).
+    record: Record | None = field(default=None, compare=False, repr=False)
+
+    def keep(self, record: Record | None) -> None:
+        self.record = record

@@ -7,7 +7,7 @@ from aws_lambda_powertools import Logger
 from rolekeeper.convergence.grants import reissue_stale
 from rolekeeper.domain.catalog import SPOT_FLEET_ROLE_NAME
 from rolekeeper.domain.properties import ServiceLinkedRoleProperties, ServiceRoleProperties, parse
-from rolekeeper.domain.records import Intent, object_key
+from rolekeeper.domain.records import Intent, Record, object_key
 from rolekeeper.provisioning import claims, intents, release
 from rolekeeper.provisioning.context import Context
 from rolekeeper.provisioning.requests import Request, Response
@@ -45,9 +45,10 @@ def delete(ctx: Context, request: Request) -> Response:
     return release.mark(ctx, request)
 
 
-def settle(ctx: Context, intent: Intent, *, accepted: bool) -> None:
-    """The request's second phase, once its answer's delivery is known (intents.py)."""
-    intents.settle_intent(ctx, intent, accepted=accepted)
+def settle(ctx: Context, intent: Intent, *, accepted: bool, known: Record | None = None) -> None:
+    """The request's second phase, once its answer's delivery is known (intents.py); known: the
+    object as the first phase left it."""
+    intents.settle_intent(ctx, intent, accepted=accepted, known=known)
 
 
 def acts_on(request: Request) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rolekeeper.aws.registry.items import (
@@ -31,7 +31,7 @@ from rolekeeper.aws.registry.items import (
 from rolekeeper.aws.registry.table import BY_GRANT_ID, BY_GRANTEE, Refused, Table, Write
 from rolekeeper.domain import ownership
 from rolekeeper.domain.errors import HealInProgress, ObjectGone
-from rolekeeper.domain.records import CLAIM, Claim, Kind, Record, State, claim_sk
+from rolekeeper.domain.records import CLAIM, Claim, Kind, Lease, Record, State, claim_sk
 
 # A transaction holds at most 100 items; an upgrade of a 0.1.0 record rewrites its claims in the
 # write's own transaction only while they fit (else the record keeps 0.1.0's form a while longer).
@@ -65,6 +65,9 @@ class Change:
     pieces: frozenset[str] | None = None  # the whole set of added pieces (needs an exact fence)
     claim: Claim | None = None  # this claim, new or replaced
     release: Claim | None = None  # this claim goes
+    # With release: the object taken for deletion by this token in the same write, on condition
+    # that rolekeeper created it and the released claim was its last (present -> deleting).
+    take_for_deletion: str = ""
     healed_at: float | None = None
     end_lease: bool = False  # the writer's lease goes with the write
 
@@ -97,24 +100,25 @@ class Objects:
         read consistently: a record written a moment ago may be missing from the list)."""
         return self._indexed(BY_GRANTEE, "grantee_role", role_name.lower())
 
-    def grants_by_id(self, grant_id: str) -> list[Record]:
-        """Records naming this grant as their current one (index: candidates only, see above)."""
-        return [
-            r for r in self._indexed(BY_GRANT_ID, "grant_id", grant_id) if r.attrs.get("grant_id") == grant_id
-        ]
+    def grants_by_id(self, grant_id: str, *, besides: str = "") -> list[Record]:
+        """Records naming this grant as their current one, besides the one keyed `besides`
+        (index: candidates only, see above)."""
+        found = self._indexed(BY_GRANT_ID, "grant_id", grant_id, besides=besides)
+        return [r for r in found if r.attrs.get("grant_id") == grant_id]
 
-    def _indexed(self, index: str, attribute: str, value: str) -> list[Record]:
-        keys = dict.fromkeys(self.table.index(index, attribute, value))
+    def _indexed(self, index: str, attribute: str, value: str, *, besides: str = "") -> list[Record]:
+        keys = dict.fromkeys(k for k in self.table.index(index, attribute, value) if k != besides)
         return [r for r in (self.read(k) for k in keys) if r is not None]
 
     # --- the one fenced write -------------------------------------------------------------------
 
     def write(
         self, key: str, fence: Fence, change: Change, *, now: float, also: Sequence[Write] = ()
-    ) -> None:
+    ) -> Record | None:
         """Apply change (object attributes, added pieces, one claim put or released) in one
         transaction, only if fence still holds; `also` joins the same transaction (the request's
-        answer). Raises FenceMoved when it does not (answered=True: an `also` item refused)."""
+        answer). Raises FenceMoved when it does not (answered=True: an `also` item refused).
+        Returns the record as the write left it (`as_written`), None when that is not known."""
         upgrade = _upgrade(fence, change, room=TRANSACTION_ITEMS - 1 - len(also))
         writes = [
             self._object_write(key, fence, change, now, upgrade),
@@ -126,6 +130,7 @@ class Objects:
         except Refused as refused:
             answered = any(refused.failed(i) for i in range(len(writes) - len(also), len(writes)))
             raise FenceMoved(key, refused.codes, answered=answered) from None
+        return as_written(key, fence, change, now=now)
 
     def _object_write(
         self, key: str, fence: Fence, change: Change, now: float, upgrade: list[Claim] | None
@@ -176,16 +181,16 @@ class Objects:
             values[":minus"] = -1
         if change.end_lease:
             removes += ["heal_lease", "heal_lease_by"]
+        condition = self._fence_condition(fence, names, values)
+        if change.take_for_deletion:
+            assert change.release is not None and read is not None, "only a release takes for deletion"
+            sets += ["#state = :deleting", "deleting_by = :by", "deleting_since = :now"]
+            values.update({":by": change.take_for_deletion, ":last": 1, ":true": True})
+            condition += " AND created = :true AND claim_count <= :last"
         expression = "SET " + ", ".join(sets) + " ADD " + ", ".join(adds)
         if removes:
             expression += " REMOVE " + ", ".join(removes)
-        return Write(
-            key=object_key(key),
-            update=expression,
-            condition=self._fence_condition(fence, names, values),
-            names=names,
-            values=values,
-        )
+        return Write(key=object_key(key), update=expression, condition=condition, names=names, values=values)
 
     @staticmethod
     def _fence_condition(fence: Fence, names: dict[str, str], values: dict[str, Any]) -> str:
@@ -406,8 +411,48 @@ def _upgrade(fence: Fence, change: Change, *, room: int) -> list[Claim] | None:
     return claims if len(mentioned) + len(claims) <= room else None
 
 
+def as_written(key: str, fence: Fence, change: Change, *, now: float) -> Record | None:
+    """The record as a write of change under fence left it, as a consistent read would return it
+    right after (a transaction returns no item), so the writer's next step (the request's second
+    phase) needs no read. Its version is the one read plus one: exact when the fence was (else a
+    guess, which an exact fence planned from it refuses; the planner then reads). None for a
+    record 0.1.0 wrote (its upgrade is the write's own business)."""
+    read = fence.read
+    if read is not None and (read.format < FORMAT or read.legacy_desired is not None or read.deleting):
+        return None
+    base = read if read is not None else Record(key=key, kind=change.kind, added=set())
+    gone = {c.sk for c in (change.claim, change.release) if c is not None}
+    claims = [c for c in base.claims if c.sk not in gone]
+    if change.claim is not None:
+        claims.append(change.claim)
+    count = base.claim_count
+    if change.claim is not None and base.claim_of(change.claim.sk) is None:
+        count += 1
+    if change.release is not None:
+        count -= 1
+    added = set(change.pieces) if change.pieces is not None else set(base.added or ()) | set(change.added)
+    return replace(
+        base,
+        kind=change.kind,
+        version=base.version + 1,
+        created=base.created or change.created,
+        attrs={**base.attrs, **change.attrs},
+        claims=sorted(claims, key=lambda c: c.sk),  # as a Query returns them: by sort key
+        added=added,
+        claim_count=count,
+        healed_at=round(change.healed_at, 3) if change.healed_at is not None else base.healed_at,
+        lease=Lease() if change.end_lease else base.lease,
+        format=FORMAT,
+        **(
+            {"state": State.DELETING, "deleting_by": change.take_for_deletion, "deleting_since": int(now)}
+            if change.take_for_deletion
+            else {}
+        ),
+    )
+
+
 def claim_key(key: str, stack_id: str, logical_id: str) -> Mapping[str, Any]:
     return key_of(key, claim_sk(stack_id, logical_id))
 
 
-__all__ = ["OBJECT", "Change", "Fence", "FenceMoved", "Objects"]
+__all__ = ["OBJECT", "Change", "Fence", "FenceMoved", "Objects", "as_written"]
