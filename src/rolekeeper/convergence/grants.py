@@ -21,7 +21,7 @@ from rolekeeper.aws import kms
 from rolekeeper.aws.registry import Change, Fence, Objects, Registry
 from rolekeeper.aws.registry.leases import HEAL_LEASE_SECONDS
 from rolekeeper.convergence.outcomes import GrantOutcome, Made
-from rolekeeper.convergence.transition import Plan, run
+from rolekeeper.convergence.transition import Plan, reading, run
 from rolekeeper.domain.records import Kind, Record, grant_key
 from rolekeeper.domain.specs import GrantSpec
 from rolekeeper.retry import Clock
@@ -104,11 +104,21 @@ class Reissued:
     changes: list[str] = field(default_factory=list)
 
 
-def reissue(objects: Objects, key: str, grantee: dict[str, Any], *, token: str, clock: Clock) -> Reissued:
+def reissue(
+    objects: Objects,
+    key: str,
+    grantee: dict[str, Any],
+    *,
+    token: str,
+    clock: Clock,
+    first: Record | None = None,
+    stale_gone: bool = False,
+) -> Reissued:
     """Re-issue the grant recorded under key for grantee (RoleName, Arn, RoleId as IAM has it
     now), while holding the object's heal lease (token): create the grant, revoke the one it
-    replaces, write the new id; the lease goes with that write. When the record was let go
-    meanwhile (released, being deleted, the lease lost), the grant it made is revoked."""
+    replaces (unless stale_gone: KMS said it is retired or revoked), write the new id; the lease
+    goes with that write. When the record was let go meanwhile (released, being deleted, the
+    lease lost), the grant it made is revoked. first: the record as of the lease, if known."""
     done = Reissued(key)
 
     def attempt(record: Record | None, made: Made) -> Plan[Reissued]:
@@ -121,7 +131,7 @@ def reissue(objects: Objects, key: str, grantee: dict[str, Any], *, token: str, 
         spec = GrantSpec.from_dict(record.spec())
         stale = record.attrs.get("grant_id", "")
         outcome = create_grant(spec, grantee, made)
-        if stale and stale != outcome.grant_id:
+        if stale and stale != outcome.grant_id and not stale_gone:
             # Of no use to anyone: made for another incarnation of the grantee, or retired.
             kms.revoke_grant(spec.key_arn, stale)
         done.grant_id, done.replaced = outcome.grant_id, stale
@@ -140,7 +150,7 @@ def reissue(objects: Objects, key: str, grantee: dict[str, Any], *, token: str, 
         revoke_unheld(objects, key_arn, made.grants, besides="")
 
     return run(
-        objects, key, read=lambda: objects.read(key), attempt=attempt, undo=undo, clock=clock, what=key
+        objects, key, read=reading(objects, key, first), attempt=attempt, undo=undo, clock=clock, what=key
     )
 
 
@@ -166,7 +176,9 @@ def reissue_stale(
             logger.info("stale grant left to whoever holds it", key=record.key, lease=str(lease.state))
             continue
         try:
-            done = reissue(registry.objects, record.key, grantee, token=token, clock=clock)
+            done = reissue(
+                registry.objects, record.key, grantee, token=token, clock=clock, first=lease.held(record)
+            )
         except Exception:
             registry.leases.give_back(record.key, token=token)
             raise

@@ -431,6 +431,10 @@ def as_written(key: str, fence: Fence, change: Change, *, now: float) -> Record 
     if change.release is not None:
         count -= 1
     added = set(change.pieces) if change.pieces is not None else set(base.added or ()) | set(change.added)
+    if change.take_for_deletion:
+        base = replace(
+            base, state=State.DELETING, deleting_by=change.take_for_deletion, deleting_since=int(now)
+        )
     return replace(
         base,
         kind=change.kind,
@@ -443,11 +447,6 @@ def as_written(key: str, fence: Fence, change: Change, *, now: float) -> Record 
         healed_at=round(change.healed_at, 3) if change.healed_at is not None else base.healed_at,
         lease=Lease() if change.end_lease else base.lease,
         format=FORMAT,
-        **(
-            {"state": State.DELETING, "deleting_by": change.take_for_deletion, "deleting_since": int(now)}
-            if change.take_for_deletion
-            else {}
-        ),
     )
 
 
