@@ -110,20 +110,3 @@ def test_a_last_release_taking_the_object_is_known_as_read_and_refused_while_ano
     record = store.read(KEY)
     assert record.deleting and record.deleting_by == "t"
     same(known, record)
-
-
-def test_the_record_as_of_a_heal_lease_is_known_when_the_lease_found_it_unchanged(aws):
-    registry = Registry(os.environ["REGISTRY_TABLE_NAME"])
-    store = registry.objects
-    store.write(KEY, Fence(None), Change(Kind.ROLE, created=True, claim=claim("A")), now=NOW)
-    before = store.read(KEY)
-    lease = registry.leases.take(KEY, token="heal-1", now=NOW, seconds=120, limit=10)
-    held = lease.held(before)
-    read = store.read(KEY)
-    assert held is not None
-    same(replace(held, heal_count=read.heal_count, heal_window=read.heal_window), read)
-    # A stack's write between the heal's read and its lease: the record must be read again.
-    registry.leases.give_back(KEY, token="heal-1")
-    store.write(KEY, Fence(read, exact=False), Change(Kind.ROLE, claim=claim("B")), now=NOW)
-    lease = registry.leases.take(KEY, token="heal-2", now=NOW, seconds=120, limit=10)
-    assert lease.taken and lease.held(read) is None

@@ -10,14 +10,19 @@ from typing import Any
 import pytest
 
 from rolekeeper.config import settings
+from rolekeeper.domain.records import role_key
 from rolekeeper.provisioning import service
 from rolekeeper.provisioning.context import Context
 from tests.conftest import Stack
+from tests.faults import UNAVAILABLE
 from tests.integration.test_concurrency import direct
+from tests.integration.test_faults import SPOT_FLEET, Env, env
 from tests.integration.test_ownership import claims
 from tests.integration.test_service_role import attached, get_role, registry
 from tools.devkit.clock import CLOCK
 from tools.devkit.responses import Sent
+
+__all__ = ["env"]  # the fixture
 
 APP = "app-shared"
 SSM = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -96,3 +101,48 @@ def test_a_last_delete_settled_after_another_stack_claimed_keeps_the_role(
     assert get_role(APP) is not None, "the role was deleted although another stack claims it"
     assert [c.stack_id for c in claims(APP)] == [other_stack.stack_id]
     assert attached(APP) == {SSM}
+
+
+def test_a_second_phase_takes_nothing_away_on_the_first_phases_view_of_the_record(
+    env: Env, other_stack: Stack, during_the_put: list[Any]
+):
+    """As above, but other claims CloudWatch (Heal off) during app's PUT, while app's Update drops
+    it. The record as app's first phase wrote it does not show other's claim: a prune planned
+    from it would detach CloudWatch before its write is refused (the fence keeps the registry
+    right, not IAM). What changes IAM plans from a read."""
+    both = {"RoleName": APP, "ManagedPolicyArns": [SSM, CLOUDWATCH], "OnDelete": "Retain"}
+    created = env.stack.send(CREATE, props=both)
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    arn = created["PhysicalResourceId"]
+    during_the_put.append(lambda: carried_out(other_stack, CREATE, {**both, "Heal": "false"}))
+    env.faults.forget()
+
+    updated = env.stack.send(
+        UPDATE, props={**both, "ManagedPolicyArns": [SSM]}, old_props=both, PhysicalResourceId=arn
+    )
+
+    assert updated["Status"] == "SUCCESS", updated["Reason"]
+    assert env.faults.calls("DetachRolePolicy") == [], "CloudWatch was detached although other claims it"
+    assert env.attached(APP) == {SSM, CLOUDWATCH}
+    assert sorted(c.stack_id for c in claims(APP)) == sorted([env.stack.stack_id, other_stack.stack_id])
+    assert all(c.pending is None for c in claims(APP))
+
+
+def test_a_service_linked_role_deletion_whose_status_is_not_known_yet_can_be_created_again(env: Env):
+    """IAM cannot say right away whether the deletion it accepted is over (GetServiceLinkedRole-
+    DeletionStatus failing): the record keeps the task id, so the next Create settles it and
+    creates the role anew, instead of waiting for ever on a deletion nobody can finish."""
+    props = {"OnDelete": "Delete"}
+    created = env.stack.send("slr-create.json", props=props)
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    env.faults.arm("GetServiceLinkedRoleDeletionStatus", UNAVAILABLE)
+
+    deleted = env.stack.send("slr-delete.json", props=props, PhysicalResourceId=created["PhysicalResourceId"])
+
+    assert deleted["Status"] == "SUCCESS", deleted["Reason"]
+    record = registry().objects.read(role_key(SPOT_FLEET))
+    assert record is None or record.deletion_task_id, "left deleting without the task id"
+    env.faults.disarm()
+    again = env.stack.send("slr-create.json", props=props)
+    assert again["Status"] == "SUCCESS", again["Reason"]
+    assert env.role(SPOT_FLEET) is not None

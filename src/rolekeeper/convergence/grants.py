@@ -112,12 +112,12 @@ def reissue(
     token: str,
     clock: Clock,
     first: Record | None = None,
-    stale_gone: bool = False,
+    gone: str = "",
 ) -> Reissued:
     """Re-issue the grant recorded under key for grantee (RoleName, Arn, RoleId as IAM has it
     now), while holding the object's heal lease (token): create the grant, revoke the one it
-    replaces (unless stale_gone: KMS said it is retired or revoked), write the new id; the lease
-    goes with that write. When the record was let go meanwhile (released, being deleted, the
+    replaces (unless it is `gone`: the grant id KMS said is retired or revoked), write the new
+    id; the lease goes with that write. When the record was let go meanwhile (released, being deleted, the
     lease lost), the grant it made is revoked. first: the record as of the lease, if known."""
     done = Reissued(key)
 
@@ -131,7 +131,7 @@ def reissue(
         spec = GrantSpec.from_dict(record.spec())
         stale = record.attrs.get("grant_id", "")
         outcome = create_grant(spec, grantee, made)
-        if stale and stale != outcome.grant_id and not stale_gone:
+        if stale and stale not in (outcome.grant_id, gone):
             # Of no use to anyone: made for another incarnation of the grantee, or retired.
             kms.revoke_grant(spec.key_arn, stale)
         done.grant_id, done.replaced = outcome.grant_id, stale
@@ -176,9 +176,7 @@ def reissue_stale(
             logger.info("stale grant left to whoever holds it", key=record.key, lease=str(lease.state))
             continue
         try:
-            done = reissue(
-                registry.objects, record.key, grantee, token=token, clock=clock, first=lease.held(record)
-            )
+            done = reissue(registry.objects, record.key, grantee, token=token, clock=clock)
         except Exception:
             registry.leases.give_back(record.key, token=token)
             raise

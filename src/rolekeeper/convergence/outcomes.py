@@ -7,6 +7,8 @@ from typing import Any
 
 # "Not read yet" for a role the caller may already have read (None would mean "absent").
 UNREAD: Any = object()
+# A prune that removes only policies and the instance profile, which need no read of the role.
+NOT_NEEDED: Any = object()
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from rolekeeper.aws import iam
-from rolekeeper.convergence.outcomes import UNREAD, Made, RoleOutcome
+from rolekeeper.convergence.outcomes import NOT_NEEDED, UNREAD, Made, RoleOutcome
 from rolekeeper.domain import ownership
 from rolekeeper.domain.catalog import MARKER_TAG_KEY, MARKER_TAG_VALUE, fixed_blueprint
 from rolekeeper.domain.drift import ASPECTS
@@ -107,12 +107,15 @@ def prune_role(
     """Take away what rolekeeper added and spec no longer wants (on a role rolekeeper created,
     also the confused-deputy conditions of its own statement when spec no longer asks for them);
     never refuses (a released claim must not fail on what others did to the role). None: the role
-    is gone."""
+    is gone. role: as read, UNREAD (read here) or NOT_NEEDED (only policies and the profile go)."""
     role = iam.get_role(spec.name) if role is UNREAD else role
     if role is None:
         return None
-    ours = ownership.owns(role, created_role_id)
-    outcome = RoleOutcome(name=spec.name, arn=role["Arn"], role_id=role["RoleId"], ours=ours)
+    if role is NOT_NEEDED:  # the caller knows only policies and the profile go (no trust change)
+        role, ours = {}, False
+    else:
+        ours = ownership.owns(role, created_role_id)
+    outcome = RoleOutcome(name=spec.name, arn=role.get("Arn", ""), role_id=role.get("RoleId", ""), ours=ours)
     if ours and (trust := _own_statement_replaced(spec, role)) is not None:
         iam.update_trust(spec.name, trust)
         outcome.changes.append("trust")

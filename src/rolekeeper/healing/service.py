@@ -151,7 +151,7 @@ class Healer:
             return fresh if drift(held, fresh, aspects, policy_arn) else None
 
         seen = None if scanned else actual
-        held = self._acquire(record, name, summary, still_damaged, seen, consistent=not scanned)
+        held = self._acquire(record, name, summary, still_damaged, seen)
         if isinstance(held, Result):
             return held
         token, now_record, current = held
@@ -303,14 +303,11 @@ class Healer:
         summary: str,
         still_damaged: Callable[[Record], Any],
         seen: Any,
-        *,
-        consistent: bool,
     ) -> tuple[str, Record, Any] | Result:
-        """Take the heal lease and count the heal (one conditional write), then the record as of
-        the lease (read, unless record was read consistently and the lease write found it
-        unchanged) and confirm the damage against it (a stack's Update may have changed what is
-        wanted; another heal may have repaired it). Returns the lease token, the record and what
-        IAM/KMS showed (None: not read again), or why not to heal now."""
+        """Take the heal lease and count the heal (one conditional write), then read the record
+        as of the lease and confirm the damage against it (a stack's Update may have changed what
+        is wanted; another heal may have repaired it). Returns the lease token, the record and
+        what IAM/KMS showed (None: not read again), or why not to heal now."""
         token = uuid.uuid4().hex
         lease = self.registry.leases.take(
             record.key,
@@ -328,7 +325,7 @@ class Healer:
             notify(self.settings.notification_topic_arn, f"rolekeeper stopped healing {name}", message)
             return Result(Outcome.SUPPRESSED, name, message)
         try:
-            held = (lease.held(record) if consistent else None) or self.objects.read(record.key)
+            held = self.objects.read(record.key)
             if held is None or not held.claims or held.lease.by != token:
                 self.registry.leases.give_back(record.key, token=token, uncount=True)
                 return Result(Outcome.IGNORED, name, RELEASED[LeaseState.UNCLAIMED])
@@ -388,9 +385,7 @@ class Healer:
 
         # KMS was asked just now, unless the schedule's listing (minutes old) said so.
         seen = None if scanned else True
-        held = self._acquire(
-            record, grant_id, "grant retired or revoked", still_damaged, seen, consistent=not scanned
-        )
+        held = self._acquire(record, grant_id, "grant retired or revoked", still_damaged, seen)
         if isinstance(held, Result):
             return held
         token = held[0]
@@ -402,7 +397,7 @@ class Healer:
                 token=token,
                 clock=self.clock,
                 first=held[1],
-                stale_gone=True,
+                gone=grant_id,
             )
         except Exception:
             self.registry.leases.give_back(record.key, token=token, healed_at=self.clock.now())

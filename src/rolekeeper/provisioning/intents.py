@@ -36,8 +36,10 @@ def settle_intent(ctx: Context, intent: Intent, *, accepted: bool, known: Record
     """Settle the request's pending change (a no-op once settled, or superseded by a later one).
     known: the object as the request's first phase left it (objects.as_written), planned from
     without a read; every write planned from it is fenced by its version, so when anything moved
-    since, the write is refused and the record read again."""
-    record = known if known is not None and known.key == intent.key else ctx.registry.objects.read(intent.key)
+    since, the write is refused and the record read again. What changes IAM before its write (a
+    prune) plans from a read: the version fence keeps the registry right, not what IAM did."""
+    fresh = known is None or known.key != intent.key
+    record = ctx.registry.objects.read(intent.key) if fresh else known
     claim = record.claim_of(intent.sk) if record else None
     if (
         record is None
@@ -52,10 +54,10 @@ def settle_intent(ctx: Context, intent: Intent, *, accepted: bool, known: Record
         if claim.pending.release:
             release.complete(ctx, intent.key, claim, intent.request_id, record=record)
         else:
-            _put_in_force(ctx, intent, name, record)
+            _put_in_force(ctx, intent, name, record, fresh=fresh)
     else:
         logger.warning("answer refused (not CloudFormation's request); its change is withdrawn", target=name)
-        _withdraw(ctx, intent, name, record)
+        _withdraw(ctx, intent, name, record, fresh=fresh)
 
 
 def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: Record) -> Record | None:
@@ -89,7 +91,7 @@ def _rewrite(ctx: Context, intent: Intent, name: str, change_of: object, first: 
     )
 
 
-def _put_in_force(ctx: Context, intent: Intent, name: str, record: Record) -> None:
+def _put_in_force(ctx: Context, intent: Intent, name: str, record: Record, *, fresh: bool) -> None:
     taking_away: list[Record] = []
 
     def change(record: Record, claim: Claim) -> Change | None:
@@ -101,17 +103,21 @@ def _put_in_force(ctx: Context, intent: Intent, name: str, record: Record) -> No
     _rewrite(ctx, intent, name, change, record)
     if taking_away:
         # In force, and what the claim no longer wants taken away, in one fenced write.
-        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, True), first=taking_away[-1])
+        # A record known from the first phase (not read) is read again first.
+        first = taking_away[-1] if fresh or taking_away[-1] is not record else None
+        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, True), first=first)
 
 
-def _withdraw(ctx: Context, intent: Intent, name: str, record: Record) -> None:
+def _withdraw(ctx: Context, intent: Intent, name: str, record: Record, *, fresh: bool) -> None:
     claim = record.claim_of(intent.sk) if record else None
     pending = claim.pending if claim else None
     if record is None or claim is None or pending is None or pending.request_id != intent.request_id:
         return
     if record.kind == Kind.ROLE and not (pending.new and pending.created):
         # Withdrawn, and what only the request added taken away, in one fenced write.
-        restore.role(ctx, intent.key, name, put_back=False, settling=(intent, False), first=record)
+        restore.role(
+            ctx, intent.key, name, put_back=False, settling=(intent, False), first=record if fresh else None
+        )
         return
 
     def change(record: Record, claim: Claim) -> Change:

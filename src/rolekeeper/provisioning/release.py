@@ -178,11 +178,25 @@ def _release(
     objects, clock = ctx.registry.objects, ctx.clock
     source = reading(objects, key, first)
 
+    refused_at: list[int] = []  # versions at which a release with the take was refused
+
     def attempt(record: Record | None, _made: Made) -> Plan[tuple[Record | None, bool, bool]]:
         if record is None or record.claim_of(claim.sk) is None:
             return Plan((None, False, False))  # released by an earlier attempt whose answer was lost
-        last = bool(take) and record.created and [c.sk for c in record.claims] == [claim.sk]
-        exact = record is first
+        last = (
+            bool(take)
+            and record.created
+            and [c.sk for c in record.claims] == [claim.sk]
+            # Refused at this very version: the claim count disagrees with the claims; release
+            # alone (the take below then decides by the count, as a take always did).
+            and record.version not in refused_at
+        )
+        if last:
+            refused_at.append(record.version)
+        # A take is planned from the exact version: the record it returns is then the one the
+        # deletion acts on (the grant a heal re-issued since, the profile), and the decision
+        # "no other claim" was made on the claims as they are.
+        exact = record is first or last
         return Plan(
             (record, last, exact),
             Fence(record, exact=exact, lease_free=True),
@@ -217,9 +231,19 @@ def _delete(ctx: Context, key: str, token: str, name: str, taken: Record) -> Non
     except Exception:
         objects.abort_delete(key, token)
         raise
-    if task_id and settle.deletion_status(task_id) == "SUCCEEDED":
+    if task_id and _over(task_id):
         task_id = None  # already over: nothing left to wait for
     objects.finish_delete(key, token, task_id=task_id)
+
+
+def _over(task_id: str) -> bool:
+    """Whether a service-linked role's deletion already finished; when IAM cannot say now, the
+    record keeps the task id and a later request or the schedule asks again (settle.py)."""
+    try:
+        return settle.deletion_status(task_id) == "SUCCEEDED"
+    except Exception:
+        logger.exception("deletion status not known yet; the task id is kept", deletion_task_id=task_id)
+        return False
 
 
 def _take_for_deletion(ctx: Context, key: str, name: str, token: str) -> Record | None:

@@ -11,12 +11,13 @@ from aws_lambda_powertools import Logger
 
 from rolekeeper.aws import iam
 from rolekeeper.aws.registry import Change, Fence
-from rolekeeper.convergence.outcomes import Made
+from rolekeeper.convergence.outcomes import NOT_NEEDED, Made
 from rolekeeper.convergence.roles import ensure_role, prune_role
 from rolekeeper.convergence.transition import Plan, reading, run
 from rolekeeper.domain import ownership
 from rolekeeper.domain.errors import HealInProgress
 from rolekeeper.domain.records import Claim, Intent, Kind, Record
+from rolekeeper.domain.specs import RoleSpec
 from rolekeeper.domain.trust import canonical
 from rolekeeper.provisioning import settle
 from rolekeeper.provisioning.context import Context
@@ -90,7 +91,10 @@ def role(
         )
         created_role_id = ownership.created_role_id(record)
         added = ownership.added_of(record) | set(extra_added)
-        current = iam.get_role(name)
+        light = (
+            settling is not None and not tries[-1] and not _needs_role(record, desired, added | made.added)
+        )
+        current = NOT_NEEDED if light else iam.get_role(name)
         if current is None:
             if put is None and released is None:
                 return Plan([])
@@ -140,6 +144,18 @@ def role(
         return []
     logger.info("role converged to its claims", role_name=name, changes=changes)
     return changes
+
+
+def _needs_role(record: Record, desired: RoleSpec, added: set[str]) -> bool:
+    """Whether settling a request's pending change needs the role read before the prune: to take
+    away a tag or a boundary (their current values), or to change the trust (the record's claims
+    with the pending change ask for another trust than without). Policies and the instance
+    profile are removed by name: DetachRolePolicy answers NoSuchEntity for one not attached."""
+    removable = ownership.removable(added, desired)
+    if any(p != ownership.PROFILE and not p.startswith("policy:") for p in removable):
+        return True
+    before = ownership.desired_of(record)
+    return bool(canonical(desired.trust_statement) != canonical(before.trust_statement))
 
 
 def takes_away(record: Record, settling: tuple[Intent, bool]) -> bool:

@@ -52,12 +52,13 @@ def settle(objects: Objects, record: Record, name: str, clock: Clock) -> bool:
     if record.kind == Kind.GRANT and all(grant) and not kms.grant_exists(*grant):  # type: ignore[arg-type]
         return objects.drop(record)  # the grant is revoked; the record's removal is what is missing
     if (
-        record.kind != Kind.SLR
+        not record.deletion_task_id
         and record.deleting_since
         and clock.now() - record.deleting_since > DELETING_STALE_SECONDS
     ):
-        # Its deleter died before deleting the object (it would have finished within its own
-        # timeout): the object is present again, unclaimed.
+        # Its deleter died before deleting the object or before recording a service-linked
+        # role's deletion task (it would have finished within its own timeout): the object is
+        # present again, unclaimed.
         objects.abort_delete(record.key, record.deleting_by)
         return True
     return False

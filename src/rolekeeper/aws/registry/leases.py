@@ -10,14 +10,13 @@ lease token (objects.Fence.lease), which gives the lease back.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from rolekeeper.aws.registry.items import decode_item, object_key
 from rolekeeper.aws.registry.table import Refused, Table, Write
-from rolekeeper.domain.records import Lease as HeldBy
-from rolekeeper.domain.records import Record, State
+from rolekeeper.domain.records import State
 
 # How long a heal holds an object (a heal takes seconds; a holder that died frees it after this).
 HEAL_LEASE_SECONDS = 120
@@ -42,23 +41,10 @@ class LeaseState(StrEnum):
 class Lease:
     state: LeaseState
     last_healed: float = 0.0  # when the last heal ended before this one (0: never), for TAKEN
-    # For TAKEN: the token, until when, and the object's version as the lease write found it.
-    token: str = ""
-    until: float = 0.0
-    version: int = -1
 
     @property
     def taken(self) -> bool:
         return self.state == LeaseState.TAKEN
-
-    def held(self, record: Record) -> Record | None:
-        """The record as of this lease, known without a read: record (read consistently before
-        the lease was taken) when the lease write found the object at its version (every change
-        to the object or its claims moves the version; a heal that ended without a write moved
-        only healed_at, which the lease write returned). None: read it."""
-        if not self.taken or self.version != record.version:
-            return None
-        return replace(record, lease=HeldBy(self.token, self.until), healed_at=self.last_healed)
 
 
 class Leases:
@@ -110,14 +96,7 @@ class Leases:
                 if lease.state != LeaseState.LIMITED:  # only a full hour's count is worth a second try
                     return lease
                 continue
-            before = decode_item(old) if old else {}
-            return Lease(
-                LeaseState.TAKEN,
-                float(before.get("healed_at", 0)),
-                token=token,
-                until=float(values[":until"]),
-                version=int(before.get("version", 0)) if before else -1,
-            )
+            return Lease(LeaseState.TAKEN, float(decode_item(old).get("healed_at", 0)) if old else 0.0)
         return lease
 
     def give_back(
