@@ -5,6 +5,7 @@ Each test stages that request inside the PUT of the first one's answer."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -144,5 +145,49 @@ def test_a_service_linked_role_deletion_whose_status_is_not_known_yet_can_be_cre
     assert record is None or record.deletion_task_id, "left deleting without the task id"
     env.faults.disarm()
     again = env.stack.send("slr-create.json", props=props)
+    assert again["Status"] == "SUCCESS", again["Reason"]
+    assert env.role(SPOT_FLEET) is not None
+
+
+def test_a_service_linked_role_deletion_left_without_its_task_id_is_settled_by_the_next_create(env: Env):
+    """A Delete's invocation ended after DeleteServiceLinkedRole, before it recorded the task id:
+    the record says deleting, with no task to ask about. Once the role is gone, the next Create
+    completes that deletion in the registry and creates the role anew."""
+    props = {"OnDelete": "Delete"}
+    created = env.stack.send("slr-create.json", props=props)
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    record = registry().objects.read(role_key(SPOT_FLEET))
+    assert record is not None
+    (claim,) = record.claims
+    env.dynamodb.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": os.environ["REGISTRY_TABLE_NAME"],
+                    "Key": {"pk": {"S": record.key}, "sk": {"S": "OBJECT"}},
+                    "UpdateExpression": "SET #s = :d, deleting_by = :by, deleting_since = :now "
+                    "ADD claim_count :minus, version :one",
+                    "ExpressionAttributeNames": {"#s": "state"},
+                    "ExpressionAttributeValues": {
+                        ":d": {"S": "deleting"},
+                        ":by": {"S": "ended-delete"},
+                        ":now": {"N": str(int(CLOCK[0].now()))},
+                        ":minus": {"N": "-1"},
+                        ":one": {"N": "1"},
+                    },
+                }
+            },
+            {
+                "Delete": {
+                    "TableName": os.environ["REGISTRY_TABLE_NAME"],
+                    "Key": {"pk": {"S": record.key}, "sk": {"S": claim.sk}},
+                }
+            },
+        ]
+    )
+    env.iam.delete_service_linked_role(RoleName=SPOT_FLEET)
+
+    again = env.stack.send("slr-create.json", props=props)
+
     assert again["Status"] == "SUCCESS", again["Reason"]
     assert env.role(SPOT_FLEET) is not None

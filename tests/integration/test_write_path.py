@@ -663,3 +663,65 @@ def test_lambdas_retry_after_the_deadline_answer_gets_no_second_response(case: C
     if claims := case.claims_of("alpha", ECS_ROLE):
         found.append(f"alpha/{ECS_ROLE} holds a claim on {claims[0]} that CloudFormation does not")
     violations(found, "case 6c (Lambda's retry of the event the deadline answered): exactly one response")
+
+
+# --- the second phase: a release that must take the object on its own ------------------------------
+
+
+def test_a_release_whose_take_on_its_own_fails_is_put_back_and_finished_by_the_schedule(case: Case) -> None:
+    """alpha and beta claim one role, both OnDelete Delete, and both stacks are deleted. alpha's
+    release, planned from a read that still shows beta's claim, lands after beta's whole Delete:
+    it cannot know from its write that it was the last, so it takes the role in a write of its
+    own, and that write fails (DynamoDB throttling). alpha's claim must come back with its
+    release pending, so that the schedule deletes the role; released and not taken, the role
+    would stay for good with no claim, no deletion under way and CloudFormation told SUCCESS."""
+    from botocore.exceptions import ClientError
+
+    props = {"RoleName": APP, "ManagedPolicyArns": [SSM], "OnDelete": "Delete"}
+    for stack in ("alpha", "beta"):
+        created = case.world.create(stack, APP_CREATE, props)
+        assert created["Status"] == "SUCCESS", created["Reason"]
+    table = plain("dynamodb")
+
+    def another_writer(_call: Call) -> None:  # moves the version: alpha's first attempt is refused
+        table.update_item(
+            TableName=REGISTRY,
+            Key={"pk": {"S": f"ROLE#{APP}"}, "sk": {"S": "OBJECT"}},
+            UpdateExpression="ADD version :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+
+    def throttled(call: Call) -> None:
+        raise ClientError(
+            {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, call.operation
+        )
+
+    beta: list[Outcome] = []
+    steps = [
+        # alpha's writes: 1 its pending release with the answer, 2 the release planned from that,
+        # 3 the release planned from a read.
+        case.stage.at("alpha-delete", "TransactWriteItems", another_writer, nth=2),
+        case.stage.at(
+            "alpha-delete",
+            "TransactWriteItems",
+            lambda _call: beta.append(
+                case.stage.run("beta-delete", lambda: case.world.delete("beta", APP_ROLE, retries=0))
+            ),
+            nth=3,
+        ),
+        # alpha's UpdateItems: 1 the request noted, 2 its delivery noted, 3 the take on its own.
+        case.stage.at("alpha-delete", "UpdateItem", throttled, nth=3),
+    ]
+    deleted = case.invoke("alpha-delete", lambda: case.world.delete("alpha", APP_ROLE, retries=0))
+    assert all(s.done for s in steps), f"staging: {[s.done for s in steps]}"
+    assert deleted["Status"] == "SUCCESS", deleted["Reason"]
+    assert beta and beta[0].error is None and beta[0].result["Status"] == "SUCCESS", beta
+
+    case.invoke("settle", case.world.settle)
+
+    found = []
+    if case.role(APP) is not None:
+        found.append(f"{APP} is still there after both stacks deleted it with OnDelete Delete")
+    if claims := case.claims():
+        found.append(f"claims left: {claims}")
+    violations(found, "a last release whose take failed on its own:")

@@ -119,6 +119,7 @@ def _release_role(ctx: Context, key: str, name: str, claim: Claim, token: str, f
         ctx, key, name, claim, first, take=token if claim.on_delete == "Delete" else ""
     )
     try:
+        taken = _taken(ctx, key, name, token, taken)
         if taken is not None:
             _delete(ctx, key, token, name, taken)
             return
@@ -137,6 +138,7 @@ def _release_grant(ctx: Context, key: str, physical_id: str, claim: Claim, token
     objects = ctx.registry.objects
     _released, taken = _release(ctx, key, physical_id, claim, first, take=token)
     try:
+        taken = _taken(ctx, key, physical_id, token, taken)
         if taken is None:
             logger.info("grant record held by another claim; kept", physical_id=physical_id)
             return
@@ -166,14 +168,20 @@ def _revoke(ctx: Context, key: str, physical_id: str, taken: Record) -> None:
         logger.info("grant revoked" if revoked else "grant already gone", grant_id=grant_id)
 
 
+# What _release says of the take: the record to delete by (taken in the release's own write),
+# MAYBE (try the take on its own: see _release), or None (nothing to take).
+MAYBE = Record(key="", kind=Kind.ROLE)
+
+
 def _release(
     ctx: Context, key: str, name: str, claim: Claim, first: Record | None = None, *, take: str = ""
 ) -> tuple[Record | None, Record | None]:
     """Remove the claim (fenced: no heal under way) and, with take (the releasing request's
-    token), take the object for deletion when rolekeeper created it and this was its last claim.
-    Returns the record as read before the release (None when an earlier attempt of this request
-    released it already) and, when taken, the record to delete by. first: the record as the
-    caller knows it, which may be older than the table: planned from, the write is fenced by its
+    token), take the object for deletion in the same write when rolekeeper created it and this
+    was its last claim. Returns the record as read before the release (None when an earlier
+    attempt of this request released it already) and the take: the record to delete by, MAYBE
+    or None (_taken decides MAYBE, inside the caller's put-back). first: the record as the caller
+    knows it, which may be older than the table: planned from, the write is fenced by its
     version (a retry reads again)."""
     objects, clock = ctx.registry.objects, ctx.clock
     source = reading(objects, key, first)
@@ -217,8 +225,13 @@ def _release(
         # Planned from a read that another release may have overtaken (both saw the other's
         # claim), or released by an attempt whose answer was lost: the object is taken if it is
         # unclaimed now. An exact fence showed the other claims or the adoption: nothing to take.
-        return before, _take_for_deletion(ctx, key, name, take)
+        return before, MAYBE
     return before, None
+
+
+def _taken(ctx: Context, key: str, name: str, token: str, taken: Record | None) -> Record | None:
+    """The record to delete by: as _release took it, or taken now when it said MAYBE."""
+    return _take_for_deletion(ctx, key, name, token) if taken is MAYBE else taken
 
 
 def _delete(ctx: Context, key: str, token: str, name: str, taken: Record) -> None:

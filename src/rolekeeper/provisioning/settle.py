@@ -45,8 +45,9 @@ def settle(objects: Objects, record: Record, name: str, clock: Clock) -> bool:
             objects.abort_delete(record.key, record.deleting_by)
             return True
         return False
-    if record.kind == Kind.ROLE and iam.get_role(name) is None:
-        # The role is deleted; its deleter's last step (removing the item) is missing.
+    if record.kind in (Kind.ROLE, Kind.SLR) and iam.get_role(name) is None:
+        # The role is deleted; its deleter's last step (removing the item, or recording a
+        # service-linked role's deletion task) is missing.
         return objects.drop(record)
     grant = record.attrs.get("key_arn"), record.attrs.get("grant_id")
     if record.kind == Kind.GRANT and all(grant) and not kms.grant_exists(*grant):  # type: ignore[arg-type]
