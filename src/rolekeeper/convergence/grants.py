@@ -117,8 +117,9 @@ def reissue(
     """Re-issue the grant recorded under key for grantee (RoleName, Arn, RoleId as IAM has it
     now), while holding the object's heal lease (token): create the grant, revoke the one it
     replaces (unless it is `gone`: the grant id KMS said is retired or revoked), write the new
-    id; the lease goes with that write. When the record was let go meanwhile (released, being deleted, the
-    lease lost), the grant it made is revoked. first: the record as of the lease, if known."""
+    id; the lease goes with that write. When the record was let go meanwhile (released, being
+    deleted, the lease lost), the grant it made is revoked. first: the record as read under the
+    lease, if the caller read it."""
     done = Reissued(key)
 
     def attempt(record: Record | None, made: Made) -> Plan[Reissued]:

@@ -186,7 +186,7 @@ def _release(
     objects, clock = ctx.registry.objects, ctx.clock
     source = reading(objects, key, first)
 
-    refused_at: list[int] = []  # versions at which a release with the take was refused
+    refused_at: list[int] = []  # versions a take was planned from (planned again: refused there)
 
     def attempt(record: Record | None, _made: Made) -> Plan[tuple[Record | None, bool, bool]]:
         if record is None or record.claim_of(claim.sk) is None:
@@ -235,7 +235,7 @@ def _taken(ctx: Context, key: str, name: str, token: str, taken: Record | None) 
 
 
 def _delete(ctx: Context, key: str, token: str, name: str, taken: Record) -> None:
-    """Delete the object taken for deletion (taken: its record as read before); its record goes
+    """Delete the object taken for deletion (taken: its record as it was taken); its record goes
     (a service-linked role's stays with IAM's deletion task id until the deletion is known to
     have finished)."""
     objects = ctx.registry.objects
